@@ -1,0 +1,1 @@
+"""Pipeline stages as plain Python: each module has `Params` and `run(params, ctx)`."""

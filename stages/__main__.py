@@ -1,0 +1,37 @@
+"""CLI: `python -m stages run <stage>` (the command dvc.yaml and Dagster both run), `list`, `check`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from stages import params
+from stages.registry import ROOT, STAGES
+from stages.runner import StageInputError, run_stage
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stages", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run one stage")
+    run.add_argument("stage", choices=[s.name for s in STAGES])
+    sub.add_parser("list", help="list the stages in lineage order")
+    sub.add_parser("check", help="validate params.yaml")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "run":
+            run_stage(args.stage, ROOT)
+        elif args.command == "check":
+            params.load(ROOT)
+            print("params.yaml: ok")
+        else:
+            for s in STAGES:
+                print(f"{s.name:10s} {s.description}")
+    except (params.ParamsError, StageInputError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Loading and validating `params.yaml` before any stage work starts.
+
+Each stage module defines a pydantic `Params` model for its own section; `base`, `runtime` and
+`orchestration` are shared. Unknown keys anywhere are errors. `runtime` and `orchestration` hold
+knobs that no stage declares, so changing them never makes a stage stale.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+PARAMS_FILE = "params.yaml"
+
+
+class StrictModel(BaseModel):
+    """A params model that rejects unknown keys."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Base(StrictModel):
+    seed: int = 0
+
+
+class Runtime(StrictModel):
+    """Execution knobs: how, not what. No stage declares these, so they never affect identity."""
+
+    workers: int = Field(0, ge=0, description="worker processes for shard-parallel work; 0 = all cores")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    progress: bool = True
+    s3_endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint for s3:// sources (else AWS_ENDPOINT_URL or AWS)"
+    )
+
+
+class Orchestration(StrictModel):
+    refresh_cron: str = "0 3 * * 0"  # weekly, Sunday 03:00
+    refresh_timezone: str = "UTC"
+
+
+SHARED_SECTIONS: dict[str, type[StrictModel]] = {
+    "base": Base,
+    "runtime": Runtime,
+    "orchestration": Orchestration,
+}
+
+
+class ParamsError(ValueError):
+    """params.yaml is missing, malformed or fails validation."""
+
+
+def read_params(root: Path) -> dict[str, Any]:
+    path = root / PARAMS_FILE
+    if not path.exists():
+        raise ParamsError(f"{path}: not found; every project needs a params.yaml at its root")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: top level must be a mapping of sections")
+    return data
+
+
+def section_model(section: str) -> type[StrictModel]:
+    from stages.registry import stage
+
+    if section in SHARED_SECTIONS:
+        return SHARED_SECTIONS[section]
+    module = importlib.import_module(stage(section).module_name)
+    return module.Params
+
+
+def _format(section: str, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in (section, *err["loc"]))
+        lines.append(f"  {loc}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def validate(raw: dict[str, Any]) -> dict[str, StrictModel]:
+    """Validate every section; raise one ParamsError listing all problems."""
+    from stages.registry import STAGES
+
+    known = list(SHARED_SECTIONS) + [s.name for s in STAGES]
+    problems = [
+        f"  {key}: unknown section (known: {', '.join(known)})" for key in raw if key not in known
+    ]
+    models: dict[str, StrictModel] = {}
+    for section in known:
+        try:
+            models[section] = section_model(section).model_validate(raw.get(section) or {})
+        except ValidationError as exc:
+            problems.append(_format(section, exc))
+    if problems:
+        raise ParamsError(
+            f"{PARAMS_FILE} is invalid; fix these keys before running:\n" + "\n".join(problems)
+        )
+    return models
+
+
+def load(root: Path) -> dict[str, StrictModel]:
+    return validate(read_params(root))
+
+
+def lookup(raw: dict[str, Any], dotted: str) -> Any:
+    """The value of a dotted params key, as DVC records it in dvc.lock."""
+    node: Any = raw
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise ParamsError(f"{PARAMS_FILE}: declared key {dotted!r} is missing")
+        node = node[part]
+    return node
