@@ -2,12 +2,15 @@
 
 `dvc.yaml` is generated from this list (`python -m orchestration gen-dvc`) and the Dagster assets
 are built from it, so both front ends run the same command over the same inputs.
+
+Each stage has at most one cached data output (a directory or file): its data version. Data deps
+name whole outputs of earlier stages, so a dependency in DVC is exactly an edge in Dagster and the
+two agree on what a change invalidates. Stages may read sub-paths of a dep (`data/ingest/heldout`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from functools import cached_property
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,14 +26,14 @@ class Stage:
     name: str
     description: str
     code: tuple[str, ...]  # files or packages (dirs) whose content defines the stage's logic
-    deps: tuple[str, ...] = ()  # data paths it reads, usually outs of earlier stages
+    out: str  # the cached data output; its DVC md5 is the stage's data version
+    deps: tuple[str, ...] = ()  # data it reads: outs of earlier stages (or external paths)
     params: tuple[str, ...] = ()  # params.yaml keys (sections or dotted keys) it depends on
-    outs: tuple[str, ...] = ()  # cached data outputs (the stage's data version)
-    metrics: tuple[str, ...] = ()  # small JSON metrics files, kept in git, not in the cache
-    plots: tuple[str, ...] = ()  # PNG/JSON plots, kept in git
-    persist: tuple[str, ...] = ()  # outputs kept across runs (resumable checkpoints)
+    metrics: tuple[str, ...] = ()  # small JSON metrics, kept in git, not in the DVC cache
+    plots: tuple[str, ...] = ()  # PNG plots, kept in git
+    persist: tuple[str, ...] = ()  # state kept across runs (resumable checkpoints)
     gpu: bool = False  # runs in the GPU concurrency pool
-    module: str = field(default="")  # python module with `Params` and `run`; default stages.<name>
+    module: str = ""  # module with `Params` and `run`; default `stages.<name>`
 
     @property
     def cmd(self) -> str:
@@ -40,57 +43,58 @@ class Stage:
     def module_name(self) -> str:
         return self.module or f"stages.{self.name}"
 
-    @cached_property
-    def code_files(self) -> tuple[str, ...]:
+    def code_files(self, root: Path = ROOT) -> tuple[str, ...]:
         """Sorted code dependency files, directories expanded to their `.py` files."""
         files: set[str] = set(COMMON_CODE)
         for entry in self.code:
-            path = ROOT / entry
+            path = root / entry
             if path.is_dir():
-                files.update(p.relative_to(ROOT).as_posix() for p in path.rglob("*.py"))
-            else:
+                files.update(p.relative_to(root).as_posix() for p in path.rglob("*.py"))
+            elif path.is_file():
                 files.add(entry)
+            else:
+                raise FileNotFoundError(f"stage {self.name!r}: code path {entry!r} does not exist")
         return tuple(sorted(files))
 
     @property
     def all_outs(self) -> tuple[str, ...]:
-        return self.outs + self.persist + self.metrics + self.plots
+        return (self.out, *self.persist, *self.metrics, *self.plots)
 
 
 STAGES: tuple[Stage, ...] = (
     Stage(
         name="ingest",
-        description="Raw corpus: documents from the declared sources, sharded, with a held-out slice.",
+        description="Raw corpus from the declared sources, sharded, with a held-out slice per domain.",
         code=("stages/ingest",),
         params=("base.seed", "ingest"),
-        outs=("data/ingest/corpus", "data/ingest/heldout"),
+        out="data/ingest",
         metrics=("reports/ingest/metrics.json",),
     ),
     Stage(
         name="signals",
         description="Per-document quality, repetition, language and toxicity signals, computed once.",
         code=("stages/signals",),
-        deps=("data/ingest/corpus",),
+        deps=("data/ingest",),
         params=("signals",),
-        outs=("data/signals",),
+        out="data/signals",
         metrics=("reports/signals/metrics.json",),
     ),
     Stage(
         name="filter",
-        description="Thresholds from params applied to the stored signals; the filtered corpus.",
+        description="Thresholds from params applied to the stored signals: the filtered corpus.",
         code=("stages/filter",),
-        deps=("data/ingest/corpus", "data/signals"),
+        deps=("data/ingest", "data/signals"),
         params=("filter",),
-        outs=("data/filter/corpus", "reports/filter/removed_samples.jsonl"),
+        out="data/filter",
         metrics=("reports/filter/metrics.json",),
     ),
     Stage(
         name="dedup",
         description="Exact and MinHash near-duplicate removal, decontamination, SoftDedup weights.",
         code=("stages/dedup",),
-        deps=("data/filter/corpus", "data/ingest/heldout"),
+        deps=("data/filter", "data/ingest"),
         params=("base.seed", "dedup"),
-        outs=("data/dedup/corpus", "reports/dedup/examples.json"),
+        out="data/dedup",
         metrics=("reports/dedup/metrics.json",),
         plots=("reports/dedup/weights.png",),
     ),
@@ -106,19 +110,36 @@ def stage(name: str) -> Stage:
 
 
 def producer_of(path: str) -> Stage | None:
-    """The stage whose output contains `path` (or None for external inputs)."""
+    """The stage whose data output is exactly `path`, or None for an external input."""
     for s in STAGES:
-        for out in s.all_outs:
-            if path == out or path.startswith(out.rstrip("/") + "/"):
-                return s
+        if s.out == path:
+            return s
     return None
 
 
 def upstream(s: Stage) -> tuple[str, ...]:
-    """Names of the stages `s` reads from, in declaration order, without duplicates."""
-    names: list[str] = []
-    for dep in s.deps:
-        p = producer_of(dep)
-        if p is not None and p.name not in names:
-            names.append(p.name)
-    return tuple(names)
+    """Names of the stages `s` reads from, in declaration order."""
+    return tuple(p.name for d in s.deps if (p := producer_of(d)) is not None)
+
+
+def check_registry(stages: tuple[Stage, ...] = STAGES) -> None:
+    """Structural rules: unique names and outputs, deps on whole outputs of earlier stages."""
+    seen_names: set[str] = set()
+    produced: dict[str, str] = {}
+    for s in stages:
+        if s.name in seen_names:
+            raise ValueError(f"duplicate stage name {s.name!r}")
+        seen_names.add(s.name)
+        for dep in s.deps:
+            inside = [o for o, n in produced.items() if dep.startswith(o + "/")]
+            if inside:
+                raise ValueError(
+                    f"stage {s.name!r}: dep {dep!r} is inside output {inside[0]!r}; "
+                    "depend on the whole output and read the sub-path"
+                )
+            if dep not in produced and any(x.out == dep for x in stages):
+                raise ValueError(f"stage {s.name!r}: dep {dep!r} is produced by a later stage")
+        for out in s.all_outs:
+            if out in produced:
+                raise ValueError(f"output {out!r} of {s.name!r} is also produced by {produced[out]!r}")
+            produced[out] = s.name

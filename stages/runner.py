@@ -39,19 +39,29 @@ class StageContext:
     _tmp: dict[str, Path] = field(default_factory=dict)
 
     def dep(self, path: str) -> Path:
-        if path not in self.stage.deps:
-            raise KeyError(f"{path!r} is not a declared dep of stage {self.stage.name!r}")
+        """A declared data dep, or a path inside one (e.g. `data/ingest/heldout`)."""
+        if not any(_within(path, d) for d in self.stage.deps):
+            raise KeyError(f"{path!r} is not (inside) a declared dep of stage {self.stage.name!r}")
         return self.root / path
 
     def out(self, path: str) -> Path:
-        """Temporary location for a declared output; it is moved into place on success."""
-        if path not in self.stage.outs + self.stage.plots:
-            raise KeyError(f"{path!r} is not a declared out of stage {self.stage.name!r}")
-        if path not in self._tmp:
-            final = self.root / path
+        """Temporary location for the declared output, a plot, or a path inside the output.
+
+        Everything written there is moved into place when the stage succeeds.
+        """
+        owner = next((o for o in (self.stage.out, *self.stage.plots) if _within(path, o)), None)
+        if owner is None:
+            raise KeyError(f"{path!r} is not (inside) a declared out of stage {self.stage.name!r}")
+        if owner not in self._tmp:
+            final = self.root / owner
             final.parent.mkdir(parents=True, exist_ok=True)
-            self._tmp[path] = atomic.tmp_path(final)
-        return self._tmp[path]
+            self._tmp[owner] = atomic.tmp_path(final)
+        if path == owner:
+            return self._tmp[owner]
+        self._tmp[owner].mkdir(exist_ok=True)
+        target = self._tmp[owner] / Path(path).relative_to(owner)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return target
 
     def persist(self, path: str) -> Path:
         """A persistent output (e.g. checkpoints) that the stage manages itself, across runs."""
@@ -87,6 +97,10 @@ class StageContext:
         self.log.info("progress %s: %d/%s (100%%)", desc, done, total or done)
 
 
+def _within(path: str, base: str) -> bool:
+    return path == base or path.startswith(base.rstrip("/") + "/")
+
+
 def run_stage(name: str, root: Path = ROOT) -> dict:
     """Run one stage to completion; outputs appear only if it succeeds."""
     st = stage(name)
@@ -104,7 +118,7 @@ def run_stage(name: str, root: Path = ROOT) -> dict:
             f"stage {name!r}: missing input(s) {', '.join(missing)}; "
             "run the upstream stages first (dvc repro, or materialize them in Dagster)"
         )
-    for out in st.outs + st.metrics + st.plots:
+    for out in st.all_outs:
         atomic.sweep(root / out)
     module = importlib.import_module(st.module_name)
     ctx = StageContext(
@@ -117,7 +131,7 @@ def run_stage(name: str, root: Path = ROOT) -> dict:
     started = time.monotonic()
     ctx.log.info("running stage %s", name)
     metrics = module.run(models[name], ctx) or {}
-    for path in st.outs + st.plots:
+    for path in (st.out, *st.plots):
         tmp = ctx._tmp.get(path)
         if tmp is None or not tmp.exists():
             raise RuntimeError(f"stage {name!r} finished without writing its output {path!r}")

@@ -1,0 +1,43 @@
+# Entry points. Every target sets up .venv first (idempotent, see scripts/setup.sh).
+SHELL := /bin/bash
+VENV := .venv/bin
+export PATH := $(CURDIR)/$(VENV):$(PATH)
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+PORT ?= 3000
+
+.PHONY: setup pipeline test dagster sync why bench screenshot lint
+
+setup:
+	@bash scripts/setup.sh
+
+# The main job: the whole pipeline on the built-in offline corpus (demo profile in params.yaml),
+# then record the result in Dagster so the UI shows everything materialized.
+pipeline: setup
+	dvc repro
+	@mkdir -p $(DAGSTER_HOME)
+	python -m orchestration sync
+	python -m orchestration why
+
+test: setup
+	python -m pytest -q
+
+# Dagster UI on 127.0.0.1 only (it has no authentication of its own; see README).
+dagster: setup
+	@mkdir -p $(DAGSTER_HOME)
+	dagster dev -h 127.0.0.1 -p $(PORT)
+
+sync: setup
+	@mkdir -p $(DAGSTER_HOME)
+	python -m orchestration sync
+
+why: setup
+	python -m orchestration why
+
+bench: setup
+	python bench/orchestration_overhead.py
+
+screenshot: setup
+	python scripts/screenshot_asset_graph.py docs/asset_graph.png
+
+lint: setup
+	ruff check stages orchestration assets tests bench

@@ -1,0 +1,163 @@
+"""The asset factory: one Dagster asset per registry stage.
+
+An asset's code version is the hash of its command, code files and declared param values; its
+data version is the md5 DVC records for the stage output in `dvc.lock`. Materializing runs the
+stage only when `dvc.lock` does not already match (or a refresh forces it), then `dvc commit`s the
+stage so that a following `dvc repro` has nothing to do.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetKey,
+    AutomationCondition,
+    Config,
+    DataVersion,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+    multi_asset_check,
+    AssetCheckExecutionContext,
+)
+
+from assets.stage_runner import run_streamed
+from orchestration import ledger
+from orchestration.dvc_cli import dvc
+from stages import params as params_mod
+from stages.registry import STAGES, Stage, upstream
+
+GPU_POOL = "gpu"
+SYNC_CHECK = "in_sync_with_dvc_lock"
+
+
+class StageRunConfig(Config):
+    """Run-time choices for a stage materialization."""
+
+    force: bool = False  # run even when dvc.lock is current (the corpus refresh uses this)
+
+
+def propagation_condition() -> AutomationCondition:
+    """DVC-like propagation: run when an input's *data version* or the own code version changed.
+
+    A new materialization that reproduces the same bytes (same data version) triggers nothing.
+    """
+    changed = AutomationCondition.code_version_changed() | AutomationCondition.any_deps_match(
+        AutomationCondition.data_version_changed()
+    )
+    return (
+        changed.since_last_handled()
+        & ~AutomationCondition.in_progress()
+        & ~AutomationCondition.any_deps_in_progress()
+    ).with_label("inputs' data or own code changed")
+
+
+def _out_stats(path: Path) -> tuple[int, int]:
+    if path.is_file():
+        return path.stat().st_size, 1
+    files = [p for p in path.rglob("*") if p.is_file()]
+    return sum(p.stat().st_size for p in files), len(files)
+
+
+def _metrics(stage: Stage, root: Path) -> dict[str, Any]:
+    """Top-level numbers from the stage's metrics files, for materialization metadata."""
+    out: dict[str, Any] = {}
+    for rel in stage.metrics:
+        path = root / rel
+        if path.exists():
+            for key, value in json.loads(path.read_text()).items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    out[f"metric/{key}"] = value
+    return out
+
+
+def materialize_stage(
+    context: AssetExecutionContext, stage: Stage, root: Path, force: bool
+) -> MaterializeResult:
+    started = time.monotonic()
+    fp = ledger.fingerprint(stage, root)
+    executed = force or not fp.current
+    stage_seconds = 0.0
+    if executed:
+        reasons = fp.reasons or ("refresh requested (force=True)",)
+        for reason in reasons:
+            context.log.info(f"{stage.name} runs because: {reason}")
+        stage_seconds = run_streamed(stage.cmd, root, context.log)
+        dvc(root, "commit", "--force", "--quiet", stage.name)
+        fp = ledger.fingerprint(stage, root)
+        if not fp.current:
+            raise RuntimeError(f"{stage.name}: dvc.lock does not match after commit: {fp.reasons}")
+    else:
+        context.log.info(f"{stage.name}: dvc.lock matches code, params and inputs; not re-run")
+    size, nfiles = _out_stats(root / stage.out)
+    metadata: dict[str, Any] = {
+        "executed": executed,
+        "out": MetadataValue.path(stage.out),
+        "out_bytes": size,
+        "out_files": nfiles,
+        "dvc_md5": fp.data_version,
+        "stage_seconds": round(stage_seconds, 3),
+        "cmd": stage.cmd,
+        **_metrics(stage, root),
+    }
+    for rel in stage.plots:
+        if (root / rel).exists():
+            metadata[f"plot/{Path(rel).stem}"] = MetadataValue.path(rel)
+    metadata["orchestration_seconds"] = round(time.monotonic() - started - stage_seconds, 3)
+    return MaterializeResult(data_version=DataVersion(fp.data_version), metadata=metadata)
+
+
+def build_stage_asset(stage: Stage, root: Path, raw_params: dict[str, Any]):
+    @asset(
+        name=stage.name,
+        deps=[AssetKey(name) for name in upstream(stage)],
+        description=stage.description,
+        code_version=ledger.code_version(stage, root, raw_params),
+        group_name="pipeline",
+        kinds={"python", "dvc"},
+        pool=GPU_POOL if stage.gpu else None,
+        automation_condition=propagation_condition(),
+        metadata={"cmd": stage.cmd, "out": stage.out, "params": ", ".join(stage.params)},
+    )
+    def _stage_asset(context: AssetExecutionContext, config: StageRunConfig) -> MaterializeResult:
+        return materialize_stage(context, stage, root, config.force)
+
+    return _stage_asset
+
+
+def build_sync_checks(root: Path):
+    """One check per asset: does dvc.lock match its current code, params and inputs (and why not)?"""
+
+    @multi_asset_check(
+        specs=[
+            AssetCheckSpec(SYNC_CHECK, asset=AssetKey(s.name), description="dvc.lock matches "
+                           "the current code, params and inputs; otherwise lists what changed")
+            for s in STAGES
+        ],
+        can_subset=True,
+    )
+    def dvc_lock_checks(context: AssetCheckExecutionContext):
+        lock = ledger.read_lock(root)
+        raw = params_mod.read_params(root)
+        for key in context.selected_asset_check_keys:
+            fp = ledger.fingerprint(next(s for s in STAGES if s.name == key.asset_key.path[-1]), root, lock, raw)
+            yield AssetCheckResult(
+                asset_key=key.asset_key,
+                check_name=SYNC_CHECK,
+                passed=fp.current,
+                metadata={"why_stale": MetadataValue.md("\n".join(f"- {r}" for r in fp.reasons) or "up to date")},
+            )
+
+    return dvc_lock_checks
+
+
+def build_stage_assets(root: Path) -> list:
+    raw = params_mod.read_params(root)
+    return [build_stage_asset(s, root, raw) for s in STAGES]

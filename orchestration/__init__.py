@@ -1,0 +1,1 @@
+"""Dagster and DVC front ends over the stage registry in `stages.registry`."""

@@ -1,0 +1,69 @@
+"""Dagster definitions: stage assets, dvc.lock checks, the corpus refresh schedule, the sync sensor.
+
+`dagster dev` in the project root loads this module (see `[tool.dagster]` in pyproject.toml).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from dagster import (
+    AssetSelection,
+    DefaultScheduleStatus,
+    DefaultSensorStatus,
+    Definitions,
+    RunConfig,
+    ScheduleDefinition,
+    SensorEvaluationContext,
+    SensorResult,
+    sensor,
+)
+
+from assets.stage_assets import StageRunConfig, build_stage_assets, build_sync_checks
+from orchestration.sync import pending_materializations
+from stages import params as params_mod
+
+REFRESH_SCHEDULE = "corpus_refresh"
+SYNC_SENSOR = "dvc_lock_sync"
+
+
+def project_root() -> Path:
+    """`PIPELINE_ROOT` if set, else the nearest directory upwards holding dvc.yaml."""
+    if os.environ.get("PIPELINE_ROOT"):
+        return Path(os.environ["PIPELINE_ROOT"]).resolve()
+    here = Path.cwd().resolve()
+    for candidate in (here, *here.parents):
+        if (candidate / "dvc.yaml").exists() and (candidate / "stages").is_dir():
+            return candidate
+    return Path(__file__).resolve().parent.parent
+
+
+def build_definitions(root: Path) -> Definitions:
+    models = params_mod.load(root)  # a bad params.yaml fails the code location load, loudly
+    orch: params_mod.Orchestration = models["orchestration"]  # type: ignore[assignment]
+
+    refresh = ScheduleDefinition(
+        name=REFRESH_SCHEDULE,
+        description="Re-ingest the corpus; downstream follows only if its data version changed.",
+        cron_schedule=orch.refresh_cron,
+        execution_timezone=orch.refresh_timezone,
+        target=AssetSelection.assets("ingest"),
+        run_config=RunConfig(ops={"ingest": StageRunConfig(force=True)}),
+        default_status=DefaultScheduleStatus.RUNNING,
+    )
+
+    @sensor(name=SYNC_SENSOR, minimum_interval_seconds=30, default_status=DefaultSensorStatus.RUNNING,
+            description="Records stages that `dvc repro` ran outside Dagster (reads dvc.lock).")
+    def dvc_lock_sync(context: SensorEvaluationContext) -> SensorResult:
+        return SensorResult(asset_events=pending_materializations(root, context.instance))
+
+    return Definitions(
+        assets=build_stage_assets(root),
+        asset_checks=[build_sync_checks(root)],
+        schedules=[refresh],
+        sensors=[dvc_lock_sync],
+    )
+
+
+defs = build_definitions(project_root())

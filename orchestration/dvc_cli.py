@@ -1,0 +1,60 @@
+"""Running the DVC CLI: one command at a time per project, retried on DVC's repo lock."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+LOCK_ERRORS = ("Unable to acquire lock", "is busy")
+
+
+class DvcError(RuntimeError):
+    pass
+
+
+def venv_env() -> dict[str, str]:
+    """The environment with this interpreter's bin dir first on PATH (so `python` is ours)."""
+    env = dict(os.environ)
+    bindir = str(Path(sys.executable).parent)
+    env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
+    return env
+
+
+def dvc_executable() -> str:
+    candidate = Path(sys.executable).parent / "dvc"
+    return str(candidate) if candidate.exists() else "dvc"
+
+
+@contextmanager
+def project_lock(root: Path):
+    """Serialise DVC commands issued by this pipeline (Dagster steps run in parallel)."""
+    lock_dir = root / ".dvc" / "tmp"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with open(lock_dir / "pipeline-orchestration.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def dvc(root: Path, *args: str, retries: int = 5, check: bool = True) -> subprocess.CompletedProcess:
+    """Run `dvc <args>` in `root`; retry while another DVC process holds the repo lock."""
+    cmd = [dvc_executable(), *args]
+    for attempt in range(retries + 1):
+        with project_lock(root):
+            proc = subprocess.run(
+                cmd, cwd=root, env=venv_env(), capture_output=True, text=True, check=False
+            )
+        busy = any(m in proc.stderr + proc.stdout for m in LOCK_ERRORS)
+        if proc.returncode == 0 or not busy or attempt == retries:
+            break
+        time.sleep(0.5 * 2**attempt)
+    if check and proc.returncode != 0:
+        raise DvcError(f"`dvc {' '.join(args)}` failed ({proc.returncode}):\n{proc.stderr}{proc.stdout}")
+    return proc

@@ -1,0 +1,66 @@
+"""Make stages that `dvc repro` recorded outside Dagster visible in Dagster.
+
+For each stage whose dvc.lock entry matches the current code, params and inputs, but whose latest
+Dagster materialization carries another data version, code version or input versions, report a
+runless materialization with DVC's data version and the provenance tags Dagster's staleness uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from dagster import AssetKey, AssetMaterialization, DagsterInstance, MetadataValue
+
+from orchestration import ledger
+from stages import params as params_mod
+from stages.registry import STAGES
+
+# Dagster's documented event tags for data/code versions and their provenance.
+DATA_VERSION_TAG = "dagster/data_version"
+CODE_VERSION_TAG = "dagster/code_version"
+USER_PROVIDED_TAG = "dagster/data_version_is_user_provided"
+INPUT_VERSION_PREFIX = "dagster/input_data_version/"
+
+
+def _recorded_tags(instance: DagsterInstance, name: str) -> dict[str, str]:
+    event = instance.get_latest_materialization_event(AssetKey(name))
+    if event is None or event.asset_materialization is None:
+        return {}
+    return dict(event.asset_materialization.tags or {})
+
+
+def pending_materializations(root: Path, instance: DagsterInstance) -> list[AssetMaterialization]:
+    """Runless materializations that bring Dagster in line with dvc.lock."""
+    lock = ledger.read_lock(root)
+    raw = params_mod.read_params(root)
+    events = []
+    for stage in STAGES:
+        fp = ledger.fingerprint(stage, root, lock, raw)
+        if not fp.current:
+            continue  # DVC itself has this stage stale; Dagster shows it stale as well
+        tags = {
+            DATA_VERSION_TAG: fp.data_version,
+            CODE_VERSION_TAG: ledger.code_version(stage, root, raw),
+            USER_PROVIDED_TAG: "true",
+            **{INPUT_VERSION_PREFIX + up: v for up, v in fp.input_versions.items() if v},
+        }
+        recorded = _recorded_tags(instance, stage.name)
+        if all(recorded.get(k) == v for k, v in tags.items()):
+            continue
+        events.append(
+            AssetMaterialization(
+                asset_key=stage.name,
+                description="recorded by `dvc repro` outside Dagster (from dvc.lock)",
+                metadata={"source": "dvc.lock", "dvc_md5": MetadataValue.text(fp.data_version)},
+                tags=tags,
+            )
+        )
+    return events
+
+
+def sync_to_instance(root: Path, instance: DagsterInstance | None = None) -> Iterator[str]:
+    instance = instance or DagsterInstance.get()
+    for event in pending_materializations(root, instance):
+        instance.report_runless_asset_event(event)
+        yield f"{event.asset_key.to_user_string()}: recorded data version {event.tags[DATA_VERSION_TAG]}"

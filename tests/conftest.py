@@ -1,0 +1,116 @@
+"""Shared fixtures: a temporary copy of the project with git + DVC initialised, tiny params."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+EXCLUDE_TOP = {"data", "reports", "dvc.lock", ".dagster_home", "docs"}
+
+
+def sh(*cmd: str, cwd: Path, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run a command with this interpreter's bin dir first on PATH (so `python`/`dvc` are ours)."""
+    full_env = {**os.environ, **(env or {})}
+    full_env["PATH"] = f"{BIN}{os.pathsep}{full_env.get('PATH', '')}"
+    proc = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def copy_project(dest: Path) -> Path:
+    """Copy the project's source files (tracked and new, not ignored) without outputs or state."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True,
+        check=True,
+    ).stdout.decode().split("\0")
+    for rel in filter(None, listed):
+        if rel.split("/", 1)[0] in EXCLUDE_TOP or not (REPO / rel).is_file():
+            continue
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / rel, target)
+    return dest
+
+
+def set_params(root: Path, **sections) -> None:
+    """Deep-merge the given sections into root/params.yaml."""
+    path = root / "params.yaml"
+    data = yaml.safe_load(path.read_text())
+
+    def merge(base: dict, extra: dict) -> dict:
+        for key, value in extra.items():
+            if isinstance(value, dict) and isinstance(base.get(key), dict):
+                merge(base[key], value)
+            else:
+                base[key] = value
+        return base
+
+    path.write_text(yaml.safe_dump(merge(data, sections), sort_keys=False))
+
+
+# A tiny built-in corpus: enough real text for every stage, seconds to process.
+TINY = {
+    "runtime": {"workers": 1, "progress": False},
+}
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A fresh project copy with git and DVC initialised and the tiny profile in params.yaml."""
+    root = copy_project(tmp_path / "project")
+    set_params(root, **TINY)
+    sh("git", "init", "-q", cwd=root)
+    if not (root / ".dvc" / "config").exists():
+        sh("dvc", "init", "-q", cwd=root)
+    sh("git", "add", "-A", cwd=root)
+    sh("git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init", cwd=root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3-compatible server on 127.0.0.1; fake credentials only in the environment."""
+    from moto.server import ThreadedMotoServer
+
+    from orchestration.webserver import free_port
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                                             "AWS_DEFAULT_REGION")}
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+                      AWS_DEFAULT_REGION="us-east-1")
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture
+def s3_bucket(s3_server):
+    """Factory: create a fresh bucket on the test server and return its name."""
+    import uuid
+
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=s3_server)
+
+    def make(prefix: str) -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+        client.create_bucket(Bucket=name)
+        return name
+
+    return make

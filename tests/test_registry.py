@@ -1,0 +1,68 @@
+"""The registry is the single declaration: dvc.yaml and the Dagster assets follow it."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orchestration import dvc_yaml
+from stages.registry import STAGES, Stage, check_registry, upstream
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_committed_dvc_yaml_matches_registry():
+    assert dvc_yaml.drift(REPO) is None
+
+
+def test_drift_is_detected(tmp_path):
+    (tmp_path / "dvc.yaml").write_text(dvc_yaml.render(REPO).replace("ingest", "ingest2", 1))
+    assert "out of date" in dvc_yaml.drift(tmp_path)
+
+
+def test_dvc_stages_match_registry():
+    doc = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert list(doc) == [s.name for s in STAGES]
+    for s in STAGES:
+        assert doc[s.name]["cmd"] == f"python -m stages run {s.name}"
+        assert set(s.deps) <= set(doc[s.name]["deps"])
+        assert doc[s.name].get("params", []) == list(s.params)
+
+
+def test_dagster_assets_match_registry():
+    from orchestration.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert keys == {s.name for s in STAGES}
+    for s in STAGES:
+        node = graph.get(__import__("dagster").AssetKey(s.name))
+        assert {k.to_user_string() for k in node.parent_keys} == set(upstream(s))
+        assert node.code_version
+
+
+def test_stage_code_imports_neither_dagster_nor_dvc():
+    for path in (REPO / "stages").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for name in names:
+                assert name.split(".")[0] not in {"dagster", "dvc"}, f"{path}: imports {name}"
+
+
+def test_registry_rules():
+    a = Stage(name="a", description="", code=(), out="data/a")
+    with pytest.raises(ValueError, match="inside output"):
+        check_registry((a, Stage(name="b", description="", code=(), out="data/b", deps=("data/a/x",))))
+    with pytest.raises(ValueError, match="also produced"):
+        check_registry((a, Stage(name="b", description="", code=(), out="data/a")))
+    with pytest.raises(ValueError, match="later stage"):
+        check_registry((Stage(name="b", description="", code=(), out="data/b", deps=("data/a",)), a))
+    check_registry()
