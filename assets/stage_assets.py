@@ -6,8 +6,6 @@ stage only when `dvc.lock` does not already match (or a refresh forces it), then
 stage so that a following `dvc repro` has nothing to do.
 """
 
-from __future__ import annotations
-
 import json
 import time
 from pathlib import Path

@@ -60,7 +60,23 @@ def set_params(root: Path, **sections) -> None:
 # A tiny built-in corpus: enough real text for every stage, seconds to process.
 TINY = {
     "runtime": {"workers": 1, "progress": False},
+    "ingest": {
+        "sources": [
+            {"name": "builtin-prose", "kind": "builtin", "parts": ["pydoc_topics", "docstrings"],
+             "max_docs": 400},
+            {"name": "builtin-code", "kind": "builtin", "parts": ["stdlib_code"], "max_docs": 30},
+        ],
+        "heldout_min_per_domain": 5,
+    },
 }
+
+
+def temp_instance(path: Path):
+    """A persistent (SQLite) Dagster instance in `path`, telemetry off."""
+    from dagster import DagsterInstance
+
+    path.mkdir(parents=True, exist_ok=True)
+    return DagsterInstance.local_temp(str(path), overrides={"telemetry": {"enabled": False}})
 
 
 @pytest.fixture

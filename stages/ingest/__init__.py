@@ -1,0 +1,123 @@
+"""Ingest: documents from the declared sources into sharded Parquet, with a held-out slice.
+
+Every source is resolved (checked to exist, listed) before anything is read or written. Each
+record read is either kept (maybe truncated at `max_doc_chars`) or counted under a skip reason,
+so `read == kept + sum(skipped)` per source. The held-out slice is chosen per domain by a seeded
+hash of the doc id, before any filtering; `data/ingest/heldout` holds it and
+`data/ingest/corpus` the rest, both with the schema and manifest of `shards.write`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from pydantic import Field, model_validator
+
+from stages.ingest.readers import REASONS, Unit, problem
+from stages.ingest.sources import BuiltinSource, Source, resolve
+from stages.params import StrictModel
+from stages.runner import StageContext
+
+CORPUS, HELDOUT = "data/ingest/corpus", "data/ingest/heldout"
+
+
+class Params(StrictModel):
+    sources: list[Source] = Field(
+        default_factory=lambda: [BuiltinSource(kind="builtin", name="builtin")], min_length=1
+    )
+    heldout_fraction: float = Field(0.02, ge=0, lt=1, description="per domain, by doc-id hash")
+    heldout_min_per_domain: int = Field(0, ge=0, description="at most half of a domain's docs")
+    max_doc_chars: int = Field(200_000, ge=1, description="longer documents are truncated")
+    shard_docs: int = Field(10_000, ge=1, description="documents per Parquet file")
+    row_group_docs: int = Field(1_000, ge=1, description="documents per Parquet row group")
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Params:
+        names = [s.name for s in self.sources]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"source names must be unique; repeated: {', '.join(dupes)}")
+        return self
+
+
+def run(params: Params, ctx: StageContext) -> dict:
+    from stages.ingest import shards
+
+    plans = [(src, resolve(src, ctx)) for src in params.sources]  # all checked before reading
+    docs: list[shards.Doc] = []
+    per_source = {}
+    for src, units in plans:
+        kept, tally = _read(src, units, params.max_doc_chars, ctx)
+        docs.extend(kept)
+        per_source[src.name] = {"kind": src.kind, **tally}
+    held = shards.heldout_ids(
+        docs, params.heldout_fraction, params.heldout_min_per_domain, ctx.base.seed
+    )
+    metrics: dict = {
+        "read": sum(s["read"] for s in per_source.values()),
+        "kept": len(docs),
+        "truncated": sum(s["truncated"] for s in per_source.values()),
+        "skipped": {r: sum(s["skipped"].get(r, 0) for s in per_source.values()) for r in REASONS},
+    }
+    manifests = {}
+    for split, out in (("corpus", CORPUS), ("heldout", HELDOUT)):
+        part = [d for d in docs if (d.doc_id in held) == (split == "heldout")]
+        extra = {"split": split, "ingest": dict(metrics)}  # ingest-wide, before the split
+        manifests[split] = shards.write(
+            ctx.out(out), part, params.shard_docs, params.row_group_docs, extra
+        )
+    for split, m in manifests.items():
+        metrics[split] = {"docs": m["docs"], "chars": m["chars"], "shards": len(m["shards"])}
+    none = {"docs": 0, "chars": 0}
+    metrics["domains"] = {
+        dom: {split: m["domains"].get(dom, none) for split, m in manifests.items()}
+        for dom in sorted({d.domain for d in docs})
+    }
+    metrics["sources"] = per_source
+    return metrics
+
+
+def _read(src: Source, units: list[Unit], max_doc_chars: int, ctx: StageContext):
+    """One source's kept docs (capped to its max_docs/max_chars by doc id) and its tally."""
+    from stages.ingest.shards import Doc, doc_id
+
+    read, skipped, truncated = 0, Counter(), set()
+    kept: list[Doc] = []
+    for unit in ctx.progress(units, len(units), f"ingest {src.name}"):
+        for rec in unit.read():
+            read += 1
+            reason = rec.reason or problem(rec.text)
+            if reason:
+                skipped[reason] += 1
+                continue
+            i = doc_id(src.name, rec.path, rec.index)
+            kept.append(Doc(i, src.name, unit.domain, rec.path, rec.text[:max_doc_chars]))
+            if len(rec.text) > max_doc_chars:
+                truncated.add(i)
+    if src.max_docs or src.max_chars:
+        kept.sort()
+        n, chars = 0, 0
+        for d in kept[: src.max_docs]:
+            if src.max_chars and chars + len(d.text) > src.max_chars:
+                break
+            n, chars = n + 1, chars + len(d.text)
+        skipped["capped"] += len(kept) - n
+        kept = kept[:n]
+    n_trunc = sum(d.doc_id in truncated for d in kept)
+    summary = ", ".join(f"{r}={n}" for r, n in sorted(skipped.items()))
+    log = ctx.log.warning if n_trunc or set(skipped) - {"capped"} else ctx.log.info
+    log(
+        "source %s: read %d, kept %d (%d truncated), skipped %d%s",
+        src.name,
+        read,
+        len(kept),
+        n_trunc,
+        sum(skipped.values()),
+        f": {summary}" if summary else "",
+    )
+    return kept, {
+        "read": read,
+        "kept": len(kept),
+        "truncated": n_trunc,
+        "skipped": dict(sorted(skipped.items())),
+    }
