@@ -1,0 +1,86 @@
+"""Staleness parity: after any params edit, Dagster's unsynced set equals `dvc status`, both
+front ends re-run exactly the stages whose inputs changed (early cutoff), and each front end's
+results leave the other with nothing to do.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from dagster import AssetSelection
+
+from orchestration.sync import sync_to_instance
+from stages.registry import STAGES
+from tests.conftest import set_params, temp_instance
+from tests.pipeline_helpers import (
+    dagster_materialize,
+    dagster_unsynced,
+    dvc_changed,
+    dvc_repro,
+)
+
+pytestmark = pytest.mark.slow
+
+ALL = {s.name for s in STAGES}
+# A threshold no document of the tiny corpus is near: filter re-runs, its output bytes do not change.
+NOOP_EDIT = {"filter": {"gopher_quality": {"max_words": 100_001}}}
+# A threshold that removes documents: filter's output changes, so dedup must follow.
+REAL_EDIT = {"filter": {"gopher_quality": {"min_words": 120}}}
+
+
+def _rerun_unsynced_and_downstream(root: Path, instance) -> dict[str, bool]:
+    unsynced = dagster_unsynced(root, instance)
+    selection = AssetSelection.assets(*unsynced).downstream()
+    return dagster_materialize(root, instance, selection=selection)
+
+
+def test_dagster_first(project: Path, tmp_path: Path):
+    instance = temp_instance(tmp_path / "dagster_home")
+    ran = dagster_materialize(project, instance)
+    assert ran == dict.fromkeys(ALL, True)
+    assert dagster_unsynced(project, instance) == set() == dvc_changed(project)
+
+    set_params(project, **NOOP_EDIT)
+    assert dagster_unsynced(project, instance) == {"filter"} == dvc_changed(project)
+    ran = _rerun_unsynced_and_downstream(project, instance)
+    assert ran == {"filter": True, "dedup": False}  # early cutoff: same bytes, dedup not re-run
+    assert dagster_unsynced(project, instance) == set() == dvc_changed(project)
+
+    set_params(project, **REAL_EDIT)
+    assert dagster_unsynced(project, instance) == {"filter"} == dvc_changed(project)
+    ran = _rerun_unsynced_and_downstream(project, instance)
+    assert ran == {"filter": True, "dedup": True}
+    assert dagster_unsynced(project, instance) == set() == dvc_changed(project)
+    assert dvc_repro(project) == set()  # what Dagster ran is in dvc.lock: nothing to do
+
+
+def test_dvc_first(project: Path, tmp_path: Path):
+    instance = temp_instance(tmp_path / "dagster_home")
+    assert dvc_repro(project) == ALL
+    list(sync_to_instance(project, instance))  # what the dvc_lock_sync sensor does every 30 s
+    assert dagster_unsynced(project, instance) == set()
+    assert dagster_materialize(project, instance) == dict.fromkeys(ALL, False)
+
+    set_params(project, **NOOP_EDIT)
+    assert dagster_unsynced(project, instance) == {"filter"} == dvc_changed(project)
+    assert dvc_repro(project) == {"filter"}  # DVC's early cutoff: dedup's input bytes unchanged
+    set_params(project, **REAL_EDIT)
+    assert dvc_repro(project) == {"filter", "dedup"}
+
+    assert dagster_unsynced(project, instance) == {"filter"}  # not yet told about DVC's runs
+    list(sync_to_instance(project, instance))
+    assert dagster_unsynced(project, instance) == set()
+    assert dagster_materialize(project, instance) == dict.fromkeys(ALL, False)
+
+
+def test_sync_sensor_reports_dvc_runs(project: Path, tmp_path: Path):
+    from dagster import build_sensor_context
+
+    from orchestration.definitions import SYNC_SENSOR, build_definitions
+
+    instance = temp_instance(tmp_path / "dagster_home")
+    dvc_repro(project, "ingest")
+    sensor = build_definitions(project).get_sensor_def(SYNC_SENSOR)
+    result = sensor(build_sensor_context(instance=instance))
+    assert [e.asset_key.to_user_string() for e in result.asset_events] == ["ingest"]
