@@ -28,14 +28,14 @@ def test_push_wipe_pull_roundtrip(project: Path, s3_server: str, s3_bucket):
 
     sh("dvc", "remote", "add", "-d", "storage", f"s3://{bucket}/cache", cwd=project)
     sh("dvc", "remote", "modify", "storage", "endpointurl", s3_server, cwd=project)
-    sh("dvc", "push", cwd=project)
+    sh("dvc", "push", "ingest", cwd=project)
 
     shutil.rmtree(project / ".dvc" / "cache")
     shutil.rmtree(project / "data" / "ingest")
-    sh("dvc", "pull", cwd=project)
+    sh("dvc", "pull", "ingest", cwd=project)
 
     assert _digest(project / "data" / "ingest") == before
-    status = sh("dvc", "status", cwd=project).stdout
+    status = sh("dvc", "status", "ingest", cwd=project).stdout
     assert "up to date" in status
     # credentials came from the environment and were never written to the DVC config
     assert "testing" not in (project / ".dvc" / "config").read_text()

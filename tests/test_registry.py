@@ -10,6 +10,7 @@ import yaml
 
 from orchestration import dvc_yaml
 from stages.registry import STAGES, Stage, check_registry, upstream
+from tests.conftest import copy_project
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -19,8 +20,13 @@ def test_committed_dvc_yaml_matches_registry():
 
 
 def test_drift_is_detected(tmp_path):
-    (tmp_path / "dvc.yaml").write_text(dvc_yaml.render(REPO).replace("ingest", "ingest2", 1))
-    assert "out of date" in dvc_yaml.drift(tmp_path)
+    root = copy_project(tmp_path)
+    (root / "dvc.yaml").write_text(dvc_yaml.render(root).replace("ingest", "ingest2", 1))
+    assert "out of date" in dvc_yaml.drift(root)
+    (root / "stages" / "ingest" / "new_module.py").write_text("X = 1\n")  # new code file
+    dvc_yaml.write(root)
+    assert "stages/ingest/new_module.py" in (root / "dvc.yaml").read_text()
+    assert dvc_yaml.drift(root) is None
 
 
 def test_dvc_stages_match_registry():
