@@ -21,6 +21,7 @@ DATA_VERSION_TAG = "dagster/data_version"
 CODE_VERSION_TAG = "dagster/code_version"
 USER_PROVIDED_TAG = "dagster/data_version_is_user_provided"
 INPUT_VERSION_PREFIX = "dagster/input_data_version/"
+INPUT_POINTER_PREFIX = "dagster/input_event_pointer/"  # which input event was read: none here
 
 
 def _recorded_tags(instance: DagsterInstance, name: str) -> dict[str, str]:
@@ -39,15 +40,19 @@ def pending_materializations(root: Path, instance: DagsterInstance) -> list[Asse
         fp = ledger.fingerprint(stage, root, lock, raw)
         if not fp.current:
             continue  # DVC itself has this stage stale; Dagster shows it stale as well
-        tags = {
+        versions = {
             DATA_VERSION_TAG: fp.data_version,
             CODE_VERSION_TAG: ledger.code_version(stage, root, raw),
-            USER_PROVIDED_TAG: "true",
             **{INPUT_VERSION_PREFIX + up: v for up, v in fp.input_versions.items() if v},
         }
         recorded = _recorded_tags(instance, stage.name)
-        if all(recorded.get(k) == v for k, v in tags.items()):
+        if all(recorded.get(k) == v for k, v in versions.items()):
             continue
+        tags = {
+            **versions,
+            USER_PROVIDED_TAG: "true",
+            **{INPUT_POINTER_PREFIX + up: "NULL" for up in fp.input_versions},
+        }
         events.append(
             AssetMaterialization(
                 asset_key=stage.name,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from dagster import AssetSelection
 
-from orchestration.sync import sync_to_instance
+from orchestration.sync import pending_materializations, sync_to_instance
 from stages.registry import STAGES
 from tests.conftest import set_params, temp_instance
 from tests.pipeline_helpers import (
@@ -53,6 +53,7 @@ def test_dagster_first(project: Path, tmp_path: Path):
     assert ran == {"filter": True, "dedup": True}
     assert dagster_unsynced(project, instance) == set() == dvc_changed(project)
     assert dvc_repro(project) == set()  # what Dagster ran is in dvc.lock: nothing to do
+    assert pending_materializations(project, instance) == []  # and the sync sensor has nothing
 
 
 def test_dvc_first(project: Path, tmp_path: Path):

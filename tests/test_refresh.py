@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from dagster import AssetKey, build_schedule_context, evaluate_automation_conditions
+from dagster import AssetKey, AssetSelection, build_schedule_context, evaluate_automation_conditions
 
 from orchestration.definitions import REFRESH_SCHEDULE, build_definitions
 from stages.registry import STAGES
@@ -25,7 +25,7 @@ def _refresh(root: Path, instance) -> dict[str, bool]:
     schedule = defs.get_schedule_def(REFRESH_SCHEDULE)
     requests = schedule.evaluate_tick(build_schedule_context(instance=instance)).run_requests
     assert len(requests) == 1
-    return dagster_materialize(root, instance, selection=["ingest"],
+    return dagster_materialize(root, instance, selection=AssetSelection.assets("ingest"),
                                run_config=requests[0].run_config)
 
 
