@@ -5,16 +5,19 @@ export PATH := $(CURDIR)/$(VENV):$(PATH)
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 PORT ?= 3000
 
-.PHONY: setup pipeline test dagster sync why bench screenshot lint
+.PHONY: setup dagster-home pipeline test dagster sync why bench screenshot lint
 
 setup:
 	@bash scripts/setup.sh
 
+dagster-home:
+	@mkdir -p $(DAGSTER_HOME)
+	@test -f $(DAGSTER_HOME)/dagster.yaml || cp orchestration/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+
 # The main job: the whole pipeline on the built-in offline corpus (demo profile in params.yaml),
 # then record the result in Dagster so the UI shows everything materialized.
-pipeline: setup
+pipeline: setup dagster-home
 	dvc repro
-	@mkdir -p $(DAGSTER_HOME)
 	python -m orchestration sync
 	python -m orchestration why
 
@@ -22,12 +25,10 @@ test: setup
 	python -m pytest -q
 
 # Dagster UI on 127.0.0.1 only (it has no authentication of its own; see README).
-dagster: setup
-	@mkdir -p $(DAGSTER_HOME)
+dagster: setup dagster-home
 	dagster dev -h 127.0.0.1 -p $(PORT)
 
-sync: setup
-	@mkdir -p $(DAGSTER_HOME)
+sync: setup dagster-home
 	python -m orchestration sync
 
 why: setup
@@ -36,7 +37,7 @@ why: setup
 bench: setup
 	python bench/orchestration_overhead.py
 
-screenshot: setup
+screenshot: setup dagster-home
 	python scripts/screenshot_asset_graph.py docs/asset_graph.png
 
 lint: setup

@@ -13,12 +13,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dagster import DagsterInstance, RunConfig, materialize  # noqa: E402
+from dagster import RunConfig, materialize  # noqa: E402
 
 from assets.stage_assets import StageRunConfig  # noqa: E402
 from orchestration.definitions import build_definitions  # noqa: E402
 from stages.registry import STAGES  # noqa: E402
-from tests.conftest import TINY, copy_project, set_params, sh  # noqa: E402
+from tests.conftest import TINY, copy_project, set_params, sh, temp_instance  # noqa: E402
 
 
 def timed(fn, repeats: int = 3) -> float:
@@ -39,7 +39,7 @@ def main() -> None:
         noop_repro = timed(lambda: sh("dvc", "repro", cwd=root))
         noop_status = timed(lambda: sh("dvc", "status", cwd=root))
 
-        instance = DagsterInstance.local_temp(str(Path(tmp) / "dagster_home"))
+        instance = temp_instance(Path(tmp) / "dagster_home")
         assets = list(build_definitions(root).assets)
         n = len(assets)
         force = RunConfig(ops={s.name: StageRunConfig(force=True) for s in STAGES})
