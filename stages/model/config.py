@@ -1,0 +1,66 @@
+"""Model hyper-parameters as a plain dataclass (no pydantic: the GPU box must import it bare)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+ARCHS = ("qwen2_moe", "mixtral")
+
+
+@dataclass(frozen=True)
+class MoEConfig:
+    """Decoder-only MoE. `layer_pattern` repeats over the layers: 'S' sliding window, 'F' full."""
+
+    vocab_size: int = 8192
+    d_model: int = 256
+    n_layers: int = 4
+    n_heads: int = 8
+    n_kv_heads: int = 2
+    n_experts: int = 8
+    top_k: int = 2
+    expert_size: int = 512
+    shared_expert_size: int = 512
+    sliding_window: int = 128
+    layer_pattern: str = "SSSF"
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-6
+    max_seq_len: int = 4096
+    aux_loss_coef: float = 0.01
+    z_loss_coef: float = 0.0
+    tie_embeddings: bool = False
+    init_std: float = 0.02
+    arch: str = "qwen2_moe"
+
+    def __post_init__(self):
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
+        if not self.layer_pattern or set(self.layer_pattern) - {"S", "F"}:
+            raise ValueError(f"layer_pattern must be a string of 'S'/'F': {self.layer_pattern!r}")
+        if self.d_model % self.n_heads or self.n_heads % self.n_kv_heads:
+            raise ValueError("d_model % n_heads and n_heads % n_kv_heads must be 0")
+        if not 1 <= self.top_k <= self.n_experts:
+            raise ValueError("need 1 <= top_k <= n_experts")
+        if self.arch == "mixtral" and (self.shared_expert_size or len(set(self.layer_types)) > 1):
+            raise ValueError("mixtral has no shared expert and one window for all layers: use "
+                             "layer_pattern 'S' or 'F' and shared_expert_size=0, or qwen2_moe")
+        if self.arch == "qwen2_moe" and not self.shared_expert_size:
+            raise ValueError("qwen2_moe always has a shared expert: set shared_expert_size > 0")
+
+    @property
+    def norm_topk_prob(self) -> bool:
+        """Renormalise the top-k router probabilities: Mixtral does; Qwen2-MoE in llama.cpp never
+        does (its transformers flag defaults to off), so the GGUF computes the same routing."""
+        return self.arch == "mixtral"
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def layer_types(self) -> list[str]:
+        kinds = {"S": "sliding_attention", "F": "full_attention"}
+        pattern = self.layer_pattern
+        return [kinds[pattern[i % len(pattern)]] for i in range(self.n_layers)]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
