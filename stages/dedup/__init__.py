@@ -1,0 +1,306 @@
+"""Decontamination, exact and near-duplicate removal, and SoftDedup sampling weights.
+
+In order, each step on what the previous one kept:
+1. decontamination: documents sharing any `decontam_ngram`-gram of normalised words with the
+   held-out evaluation texts are removed;
+2. exact duplicates: same text after NFKC, lower-casing and whitespace collapsing;
+3. near duplicates: MinHash (rensa) of word `shingle_size`-gram shingles (lower-cased, accents and
+   punctuation dropped, digits as 0), LSH with `bands` x `rows`, every candidate pair verified by
+   signature agreement >= `jaccard_threshold`, then union-find, so chains A~B~C collapse even when
+   A and C are not similar;
+4. SoftDedup weights for the survivors (see `softdedup`), a `weight` column of the output.
+In every duplicate group the longest document is kept (ties: smallest doc_id).
+
+Memory: per document only its signature and a few scalars stay in memory (the LSH index); texts
+are streamed shard by shard, and tokens go through scratch files between passes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import unicodedata
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import Field, field_validator, model_validator
+
+from stages.dedup import minhash, report, softdedup
+from stages.params import StrictModel
+from stages.textstats import (
+    ngram_hashes,
+    ngram_valid,
+    normalized_hashes,
+    shingle_rows,
+    stable_hashes,
+)
+from stages.textstats.shards import (
+    ShardWriter,
+    Unit,
+    Workers,
+    list_shards,
+    read_batches,
+    units,
+    write_manifest,
+)
+
+CORPUS = "data/filter/corpus"
+HELDOUT = "data/ingest/heldout"
+OUT = "data/dedup/corpus"
+EXAMPLES = "data/dedup/examples.json"
+PLOT = "reports/dedup/weights.png"
+
+
+class SoftDedup(StrictModel):
+    order: int = Field(4, ge=1, le=8, description="n-gram order of the commonness model")
+    buckets_log2: int = Field(22, ge=8, le=30, description="log2 of hashed table size per order")
+    concentration: float = Field(1.0, gt=0, description="Dirichlet interpolation strength")
+    clip: tuple[float, float] = Field((0.1, 10.0), description="weight range, x the median")
+
+    @field_validator("clip")
+    @classmethod
+    def _ordered(cls, clip: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < clip[0] <= 1 <= clip[1]:
+            raise ValueError("need 0 < low <= 1 <= high")
+        return clip
+
+
+class Params(StrictModel):
+    shingle_size: int = Field(5, ge=1, description="words per MinHash shingle")
+    num_perm: int = Field(112, ge=1, description="MinHash permutations")
+    bands: int = Field(14, ge=1, description="LSH bands")
+    rows: int = Field(8, ge=1, description="signature rows per LSH band")
+    jaccard_threshold: float = Field(0.7, ge=0, le=1, description="verified-pair minimum")
+    decontam_ngram: int = Field(13, ge=1, description="n-gram length matched against held-out")
+    softdedup: SoftDedup = SoftDedup()
+    examples: int = Field(5, ge=0, description="examples per duplicate kind in the report")
+    example_chars: int = Field(300, ge=1, description="text characters per example")
+
+    @model_validator(mode="after")
+    def _bands_fit(self) -> Params:
+        if self.bands * self.rows > self.num_perm:
+            used = self.bands * self.rows
+            raise ValueError(f"bands x rows = {used} exceeds num_perm = {self.num_perm}")
+        return self
+
+
+def _exact_key(text: str) -> str:
+    return " ".join(unicodedata.normalize("NFKC", text).lower().split())
+
+
+def _heldout_ngrams(shards: list[Path], n: int) -> np.ndarray:
+    """Sorted hashes of every n-gram of normalised words in the held-out texts."""
+    found = [np.zeros(0, dtype=np.uint64)]
+    for shard in shards:
+        for table in read_batches(shard, ["text"]):
+            h, offsets = normalized_hashes(t or "" for t in table["text"].to_pylist())
+            found.append(ngram_hashes(h, n)[n - 1][ngram_valid(offsets, n)])
+    return np.unique(np.concatenate(found))
+
+
+def _scan(unit: Unit, scratch: Path, params: Params, seed: int) -> dict:
+    """Pass 1 over a unit: contamination, exact keys, MinHash signatures; tokens to scratch."""
+    heldout = np.load(scratch / "heldout.npy")
+    n = params.decontam_ngram
+    parts: dict[str, list] = {"doc_id": [], **{k: [v] for k, v in _empty(params).items()}}
+    for table in unit.read(["doc_id", "text", "n_chars"]):
+        texts = [t or "" for t in table["text"].to_pylist()]
+        h, offsets = normalized_hashes(texts)
+        starts = np.flatnonzero(ngram_valid(offsets, n))
+        found = np.isin(ngram_hashes(h, n)[n - 1][starts], heldout)
+        doc = np.searchsorted(offsets, starts[found], side="right") - 1
+        shingles, rows = shingle_rows(h, offsets, params.shingle_size)
+        parts["doc_id"] += table["doc_id"].to_pylist()
+        parts["n_chars"].append(table["n_chars"].to_numpy())
+        parts["exact"].append(stable_hashes(map(_exact_key, texts), len(texts)))
+        parts["sig"].append(minhash.signatures(shingles, rows, params.num_perm, seed))
+        parts["shingled"].append(np.diff(rows) > 0)
+        parts["hits"].append(np.bincount(doc, minlength=len(texts)))
+        parts["h"].append(h)
+        parts["counts"].append(np.diff(offsets))
+    out = {k: (v if k == "doc_id" else np.concatenate(v)) for k, v in parts.items()}
+    np.savez(scratch / f"{unit.name}.npz", h=out.pop("h"), counts=out.pop("counts"))
+    return out
+
+
+def _empty(params: Params) -> dict[str, np.ndarray]:
+    """Zero-row versions of the per-document arrays of a scan (and of its scratch tokens)."""
+    return {"n_chars": np.zeros(0, np.int64), "exact": np.zeros(0, np.uint64),
+            "sig": np.zeros((0, params.num_perm), np.uint32), "shingled": np.zeros(0, bool),
+            "hits": np.zeros(0, np.int64), "h": np.zeros(0, np.uint64),
+            "counts": np.zeros(0, np.int64)}
+
+
+def _kept_tokens(path: Path, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    data = np.load(path)
+    counts = data["counts"]
+    h = data["h"][np.repeat(keep, counts)]
+    return h, np.concatenate([[0], np.cumsum(counts[keep])])
+
+
+def _count(group: list[tuple[Path, np.ndarray]], params: SoftDedup) -> tuple[np.ndarray, int]:
+    tables = np.zeros((params.order, 1 << params.buckets_log2), dtype=np.uint32)
+    total = 0
+    for path, keep in group:
+        h, offsets = _kept_tokens(path, keep)
+        softdedup.count(tables, h, offsets)
+        total += len(h)
+    return tables, total
+
+
+def _score(item: tuple[Path, np.ndarray], lm: Path, total: int, params: SoftDedup) -> np.ndarray:
+    h, offsets = _kept_tokens(*item)
+    return softdedup.mean_log_prob(h, offsets, np.load(lm, mmap_mode="r"), total,
+                                   params.concentration)
+
+
+def _write(item: tuple[Path, np.ndarray, np.ndarray, list[int]], out_dir: Path,
+           chars: int) -> tuple[int, dict[int, str]]:
+    """Pass 4: the kept rows with their weights; returns row count and the wanted texts."""
+    src, keep, weight, wanted = item
+    schema = pq.read_schema(src).append(pa.field("weight", pa.float64()))
+    wanted_set, texts, offset, done = set(wanted), {}, 0, 0
+    with ShardWriter(out_dir / src.name, schema) as writer:
+        for table in read_batches(src, schema.names[:-1]):
+            rows = np.arange(offset, offset + table.num_rows)
+            offset += table.num_rows
+            for r in wanted_set.intersection(rows.tolist()):
+                texts[r] = (table["text"][r - int(rows[0])].as_py() or "")[:chars]
+            mask = keep[rows]
+            kept = table.filter(pa.array(mask))
+            weights = pa.array(weight[done : done + kept.num_rows])
+            writer.write(kept.append_column("weight", weights))
+            done += kept.num_rows
+    return writer.rows, texts
+
+
+def _representatives(group: np.ndarray, rank: np.ndarray) -> np.ndarray:
+    """For every element, the element of its group with the smallest rank."""
+    order = np.lexsort((rank, group))
+    first = np.r_[True, group[order][1:] != group[order][:-1]] if len(order) else order > 0
+    rep = np.empty_like(order)
+    rep[order] = order[first][np.cumsum(first) - 1]
+    return rep
+
+
+def run(params: Params, ctx) -> dict:
+    with Workers(ctx.workers) as pool:
+        return _run(params, ctx, pool)
+
+
+def _run(params: Params, ctx, pool: Workers) -> dict:
+    shards = list_shards(ctx.dep(CORPUS))
+    out_dir = ctx.out(OUT)
+    out_dir.mkdir(parents=True)
+    scratch = out_dir / "_scratch"
+    scratch.mkdir()
+    heldout = _heldout_ngrams(list_shards(ctx.dep(HELDOUT)), params.decontam_ngram)
+    np.save(scratch / "heldout.npy", heldout)
+
+    # Pass 1: contamination, exact keys and signatures of every document.
+    work = units(shards)
+    scan = partial(_scan, scratch=scratch, params=params, seed=ctx.base.seed)
+    scanned = list(ctx.progress(pool.map(scan, work), len(work), "dedup scan"))
+    bounds = np.cumsum([0] + [len(s["doc_id"]) for s in scanned])  # rows of each unit
+    doc_ids = np.array([d for s in scanned for d in s["doc_id"]], dtype=object)
+    cat = {k: np.concatenate([v, *(s[k] for s in scanned)]) for k, v in _empty(params).items()
+           if k not in ("h", "counts")}
+    n, index = len(doc_ids), np.arange(len(doc_ids))
+    rank = np.empty(n, dtype=np.int64)  # keep order: longest first, then smallest doc_id
+    rank[np.lexsort((doc_ids.astype(str), -cat["n_chars"]))] = index
+
+    contaminated = cat["hits"] > 0
+    alive = np.flatnonzero(~contaminated)
+    exact_rep = index.copy()
+    exact_group = np.unique(cat["exact"][alive], return_inverse=True)[1]
+    exact_rep[alive] = alive[_representatives(exact_group, rank[alive])]
+    exact_dup = exact_rep != index
+
+    cands = np.flatnonzero(~contaminated & ~exact_dup & cat["shingled"])
+    sig = cat["sig"][cands]
+    a, b = minhash.candidate_pairs(sig, params.bands, params.rows)
+    verified = minhash.agreement(sig, a, b) >= params.jaccard_threshold
+    near_rep = index.copy()
+    root = minhash.components(len(cands), a[verified], b[verified])
+    near_rep[cands] = cands[_representatives(root, rank[cands])]
+    near_dup = near_rep != index
+    keep = ~contaminated & ~exact_dup & ~near_dup
+    ctx.log.info("dedup: %d contaminated, %d exact and %d near duplicates of %d documents",
+                 contaminated.sum(), exact_dup.sum(), near_dup.sum(), n)
+
+    # Passes 2-3: the commonness model over the kept documents, then their weights.
+    sd = params.softdedup
+    items = [(scratch / f"{u.name}.npz", keep[bounds[i] : bounds[i + 1]])
+             for i, u in enumerate(work)]
+    groups = [items[i :: pool.workers] for i in range(min(pool.workers, len(items)))]
+    tables, total = np.zeros((sd.order, 1 << sd.buckets_log2), dtype=np.uint32), 0
+    for t, c in pool.map(partial(_count, params=sd), groups):
+        tables += t
+        total += c
+    np.save(scratch / "lm.npy", tables)
+    del tables
+    score = partial(_score, lm=scratch / "lm.npy", total=total, params=sd)
+    scores = list(ctx.progress(pool.map(score, items), len(items), "dedup weights"))
+    weight = np.zeros(n)
+    weight[keep] = softdedup.weights(np.concatenate([np.zeros(0), *scores]), sd.clip)
+
+    # Pass 4: write the kept documents with their weights, collecting the examples' texts.
+    by_weight = np.flatnonzero(keep)[np.lexsort((doc_ids[keep].astype(str), weight[keep]))]
+    examples = {
+        "exact": report.largest_groups(exact_rep, exact_dup, doc_ids, params.examples),
+        "near": report.largest_groups(near_rep, near_dup, doc_ids, params.examples, cat["sig"]),
+        "decontaminated": [{"index": i, "heldout_ngram_hits": int(cat["hits"][i])}
+                           for i in report.first_by_id(contaminated, doc_ids, params.examples)],
+        "lowest_weight": [{"index": int(i), "weight": float(weight[i])}
+                          for i in by_weight[: params.examples]],
+        "highest_weight": [{"index": int(i), "weight": float(weight[i])}
+                           for i in by_weight[::-1][: params.examples]],
+        "group_sizes": {"exact": report.sizes(exact_rep, alive),
+                        "near": report.sizes(near_rep, cands)},
+    }
+    wanted = report.indices(examples)
+    first_row: dict[Path, int] = {}
+    for u, start in zip(work, bounds[:-1], strict=True):
+        first_row.setdefault(u.path, int(start))
+    spans = list(zip(first_row, first_row.values(), [*list(first_row.values())[1:], n],
+                     strict=True))
+    write_items = [(src, keep[lo:hi], weight[lo:hi][keep[lo:hi]],
+                    [w - lo for w in sorted(wanted) if lo <= w < hi]) for src, lo, hi in spans]
+    write = partial(_write, out_dir=out_dir, chars=params.example_chars)
+    texts, rows = {}, []
+    for (src, lo, _), (count, got) in zip(spans, pool.map(write, write_items),
+                                          strict=True):
+        rows.append((src.name, count))
+        texts.update({lo + r: t for r, t in got.items()})
+    shutil.rmtree(scratch)
+    write_manifest(out_dir, rows, pq.read_schema(shards[0]).names + ["weight"] if shards else [])
+    ctx.out(EXAMPLES).write_text(json.dumps(report.render(examples, doc_ids, texts), indent=2,
+                                            sort_keys=True, ensure_ascii=False) + "\n")
+    report.weight_histogram(weight[keep], ctx.out(PLOT))
+
+    near_sizes = examples["group_sizes"]["near"]
+    clusters = sum(near_sizes.values())
+    kept = int(keep.sum())
+    return {
+        "docs_in": n,
+        "decontaminated": int(contaminated.sum()),
+        "exact_duplicates_removed": int(exact_dup.sum()),
+        "near_duplicates_removed": int(near_dup.sum()),
+        "docs_kept": kept,
+        "kept_fraction": round(kept / n, 6) if n else 0.0,
+        "exact_groups": sum(examples["group_sizes"]["exact"].values()),
+        "near_clusters": clusters,
+        "near_cluster_max_size": max(near_sizes, default=0),
+        "near_cluster_mean_size": round(sum(k * v for k, v in near_sizes.items())
+                                        / max(1, clusters), 6),
+        "lsh_candidate_pairs": len(a),
+        "verified_pairs": int(verified.sum()),
+        "heldout_ngrams": len(heldout),
+        "lm_tokens": total,
+        "weights_sum": round(float(weight.sum()), 6),
+        "weight_min": round(float(weight[keep].min()), 6) if kept else 0.0,
+        "weight_max": round(float(weight[keep].max()), 6) if kept else 0.0,
+    }

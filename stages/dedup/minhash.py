@@ -1,0 +1,69 @@
+"""MinHash signatures (rensa), LSH banding, signature-verified candidate pairs, union-find."""
+
+from __future__ import annotations
+
+import numpy as np
+from rensa import RMinHash
+
+from stages.textstats import mix64
+
+_GOLD = np.uint64(0x9E3779B97F4A7C15)
+
+
+def signatures(shingles: np.ndarray, rows: np.ndarray, num_perm: int, seed: int) -> np.ndarray:
+    """(docs, num_perm) uint32 MinHash signatures from flat shingle hashes and row offsets."""
+    matrix = RMinHash.digest_matrix_from_flat_token_hashes(
+        shingles, rows.astype(np.uint64), num_perm, seed
+    )
+    return np.array(matrix.to_rows(), dtype=np.uint32).reshape(len(rows) - 1, num_perm)
+
+
+def candidate_pairs(sig: np.ndarray, bands: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (a < b) sharing an LSH bucket in any band, without repeats.
+
+    Within a bucket each member is paired with the bucket's first member and with its
+    predecessor, so a bucket of m documents gives at most 2m pairs (not m²) and stays connected.
+    """
+    n = len(sig)
+    if n < 2:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    found = []
+    for band in range(bands):
+        key = np.full(n, np.uint64(band))
+        for col in sig[:, band * rows : (band + 1) * rows].T:
+            key = mix64(key * _GOLD + col.astype(np.uint64))
+        order = np.argsort(key, kind="stable")
+        same = key[order][1:] == key[order][:-1]
+        found.append(np.stack([order[:-1][same], order[1:][same]]))
+        group = np.cumsum(np.r_[True, ~same]) - 1
+        anchor = order[np.flatnonzero(np.r_[True, ~same])][group]
+        inner = np.r_[False, same]
+        found.append(np.stack([anchor[inner], order[inner]]))
+    a, b = np.concatenate(found, axis=1).astype(np.int64)
+    codes = np.unique(np.minimum(a, b) * n + np.maximum(a, b))
+    return codes // n, codes % n
+
+
+def agreement(sig: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
+    """Fraction of equal signature slots per pair: the MinHash estimate of their Jaccard."""
+    out = np.empty(len(a))
+    for i in range(0, len(a), chunk):
+        out[i : i + chunk] = (sig[a[i : i + chunk]] == sig[b[i : i + chunk]]).mean(axis=1)
+    return out
+
+
+def components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Union-find over the edges (vectorised hooking + pointer jumping): the root of each node.
+
+    The root is the smallest index of its component.
+    """
+    parent = np.arange(n)
+    while True:
+        ra, rb = parent[a], parent[b]
+        lo, hi = np.minimum(ra, rb), np.maximum(ra, rb)
+        merge = lo != hi
+        if not merge.any():
+            return parent
+        np.minimum.at(parent, hi[merge], lo[merge])
+        while not np.array_equal(jumped := parent[parent], parent):
+            parent = jumped

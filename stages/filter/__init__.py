@@ -1,0 +1,187 @@
+"""Thresholds applied to stored signals: the filtered corpus, per-rule counts, removed samples.
+
+Reads the signals written by `signals` and never computes one, so a threshold edit re-runs only
+this cheap step. Each domain gets only its own rule groups (`apply`): prose the Gopher, C4,
+FineWeb, language and toxicity rules, code the code rules. Decisions are per document (C4's line
+removals only count toward its sentence rule; text is never edited). A removed document is counted
+under the first rule it fails, in the order of `apply[domain]` and then of the group's fields, so
+per-rule counts add up to the removed total; `failing_by_rule` counts every failure.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import Field, field_validator
+
+from stages.filter.rules import (
+    C4,
+    GROUPS,
+    Code,
+    FineWeb,
+    GopherQuality,
+    GopherRepetition,
+    Language,
+    Rule,
+    Toxicity,
+    rules_of,
+)
+from stages.params import StrictModel
+from stages.textstats.shards import (
+    ShardWriter,
+    Workers,
+    list_shards,
+    read_batches,
+    write_manifest,
+)
+
+CORPUS = "data/ingest/corpus"
+SIGNALS = "data/signals"
+OUT = "data/filter/corpus"
+SAMPLES = "data/filter/removed_samples.jsonl"
+PROSE_GROUPS = ["gopher_quality", "gopher_repetition", "c4", "fineweb", "language", "toxicity"]
+
+
+class Params(StrictModel):
+    apply: dict[str, list[str]] = Field(
+        default_factory=lambda: {"prose": PROSE_GROUPS, "code": ["code"]},
+        description="rule groups applied to each domain, in attribution order",
+    )
+    gopher_quality: GopherQuality = GopherQuality()
+    gopher_repetition: GopherRepetition = GopherRepetition()
+    c4: C4 = C4()
+    fineweb: FineWeb = FineWeb()
+    language: Language = Language()
+    toxicity: Toxicity = Toxicity()
+    code: Code = Code()
+    samples_per_rule: int = Field(5, ge=0, description="removed documents reported per rule")
+    sample_chars: int = Field(400, ge=1, description="text characters kept per removed sample")
+
+    @field_validator("apply")
+    @classmethod
+    def _known_groups(cls, apply: dict[str, list[str]]) -> dict[str, list[str]]:
+        for domain, groups in apply.items():
+            unknown = sorted(set(groups) - set(GROUPS))
+            if unknown:
+                raise ValueError(f"{domain}: unknown rule groups {unknown}; known: {list(GROUPS)}")
+        return apply
+
+    def rules(self) -> dict[str, list[Rule]]:
+        """Active rules per domain, in attribution order."""
+        return {d: [r for g in groups for r in rules_of(g, getattr(self, g))]
+                for d, groups in self.apply.items()}
+
+
+def _decide(sig: pa.Table, domains: np.ndarray, rules: dict[str, list[Rule]],
+            failing: Counter) -> np.ndarray:
+    """Name of the first failed rule per row ("" = kept); counts every failure in `failing`."""
+    first = np.full(len(domains), "", dtype=object)
+    for domain in sorted(set(domains)):
+        if domain not in rules:
+            raise ValueError(f"domain {domain!r} has no rule groups in filter.apply")
+        mask = domains == domain
+        for rule in rules[domain]:
+            fails = rule.fails(sig) & mask
+            failing[rule.name] += int(fails.sum())
+            first[fails & (first == "")] = rule.name
+    return first
+
+
+def _shard(src: Path, signals_dir: Path, out_dir: Path, params: Params) -> dict:
+    """Filter one shard; returns counts and the removed samples with the smallest doc ids."""
+    rules = params.rules()
+    by_name = {r.name: r for rs in rules.values() for r in rs}
+    columns = sorted({r.column for r in by_name.values()})
+    signals = pq.read_table(signals_dir / src.name, columns=["doc_id", *columns])
+    schema = pq.read_schema(src)
+    counts: dict[str, Counter] = {k: Counter() for k in ("in", "kept", "chars_in", "chars_kept")}
+    removed, failing, samples = Counter(), Counter(), {}
+    offset = 0
+    with ShardWriter(out_dir / src.name, schema) as writer:
+        for table in read_batches(src, schema.names):
+            sig = signals.slice(offset, table.num_rows)
+            offset += table.num_rows
+            if not sig["doc_id"].equals(table["doc_id"]):
+                raise ValueError(f"{src.name}: signals do not match the corpus; re-run `signals`")
+            domains = np.array(table["domain"].to_pylist(), dtype=object)
+            first = _decide(sig, domains, rules, failing)
+            keep = first == ""
+            writer.write(table.filter(pa.array(keep)))
+            chars = table["n_chars"].to_numpy()
+            for domain in sorted(set(domains)):
+                mask = domains == domain
+                for key, rows in (("in", mask), ("kept", mask & keep)):
+                    counts[key][domain] += int(rows.sum())
+                    counts[f"chars_{key}"][domain] += int(chars[rows].sum())
+            removed.update(first[~keep])
+            doc_ids = np.array(table["doc_id"].to_pylist(), dtype=object)
+            for name in sorted(set(first[~keep])):
+                rows = np.flatnonzero(first == name)
+                rows = rows[np.argsort(doc_ids[rows], kind="stable")[: params.samples_per_rule]]
+                rule = by_name[name]
+                samples.setdefault(name, []).extend(
+                    {"rule": name, "doc_id": doc_ids[i], "domain": domains[i],
+                     "value": sig[rule.column][int(i)].as_py(),
+                     "threshold": list(rule.threshold) if rule.kind == "in" else rule.threshold,
+                     "text": table["text"][int(i)].as_py()[: params.sample_chars]}
+                    for i in rows
+                )
+                samples[name] = sorted(samples[name], key=lambda s: s["doc_id"])[
+                    : params.samples_per_rule]
+    return {"counts": counts, "removed": removed, "failing": failing, "samples": samples,
+            "rows": writer.rows, "columns": schema.names}
+
+
+def run(params: Params, ctx) -> dict:
+    shards = list_shards(ctx.dep(CORPUS))
+    signals_dir = ctx.dep(SIGNALS)
+    missing = [s.name for s in shards if not (signals_dir / s.name).exists()]
+    if missing:
+        raise ValueError(f"signals missing for shards {missing[:5]}; re-run the signals stage")
+    out_dir = ctx.out(OUT)
+    out_dir.mkdir(parents=True)
+    work = partial(_shard, signals_dir=signals_dir, out_dir=out_dir, params=params)
+    counts: dict[str, Counter] = {k: Counter() for k in ("in", "kept", "chars_in", "chars_kept")}
+    removed, failing, samples, rows, columns = Counter(), Counter(), {}, [], []
+    with Workers(ctx.workers) as pool:
+        results = ctx.progress(pool.map(work, shards), len(shards), "filter")
+        for src, s in zip(shards, results, strict=True):
+            for key in counts:
+                counts[key].update(s["counts"][key])
+            removed.update(s["removed"])
+            failing.update(s["failing"])
+            for name, items in s["samples"].items():
+                samples[name] = sorted(samples.get(name, []) + items, key=lambda x: x["doc_id"])[
+                    : params.samples_per_rule]
+            rows.append((src.name, s["rows"]))
+            columns = s["columns"]
+    write_manifest(out_dir, rows, columns)
+    order = [r.name for rs in params.rules().values() for r in rs]
+    order = list(dict.fromkeys(order))
+    ctx.out(SAMPLES).write_text("".join(
+        json.dumps(item, sort_keys=True, ensure_ascii=False) + "\n"
+        for name in order for item in samples.get(name, [])
+    ))
+    docs_in, kept = sum(counts["in"].values()), sum(counts["kept"].values())
+    ctx.log.info("filter: kept %d of %d documents", kept, docs_in)
+    return {
+        "docs_in": docs_in,
+        "docs_kept": kept,
+        "docs_removed": docs_in - kept,
+        "kept_fraction": round(kept / docs_in, 6) if docs_in else 0.0,
+        "chars_in": sum(counts["chars_in"].values()),
+        "chars_kept": sum(counts["chars_kept"].values()),
+        "by_domain": {
+            d: {"in": counts["in"][d], "kept": counts["kept"][d],
+                "removed": counts["in"][d] - counts["kept"][d]}
+            for d in sorted(counts["in"])
+        },
+        "removed_by_rule": {name: removed[name] for name in order},
+        "failing_by_rule": {name: failing[name] for name in order},
+    }

@@ -1,0 +1,126 @@
+"""Per-document quality signals, computed once per corpus version and read by `filter`.
+
+One output shard per corpus shard, the same rows in the same order, keyed by `doc_id`, no text.
+Every document gets every signal whatever its domain: which rules apply to which domain, and at
+which thresholds, is the filter's decision, so changing it never recomputes signals.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from functools import partial
+
+import numpy as np
+import pyarrow as pa
+from pydantic import Field, field_validator
+
+from stages.params import StrictModel
+from stages.signals import heuristics, language, textbook, toxicity
+from stages.textstats import tokenize
+from stages.textstats.shards import (
+    ShardWriter,
+    Unit,
+    Workers,
+    list_shards,
+    units,
+    write_manifest,
+)
+
+CORPUS = "data/ingest/corpus"
+OUT = "data/signals"
+SUMMARY = ("gopher_words", "gopher_alpha_words_ratio", "gopher_dup_5gram_char_frac",
+           "fineweb_line_punct_ratio", "lang_score", "toxicity", "textbook_score",
+           "code_mean_line_length", "code_alnum_frac", "code_comment_frac")
+
+
+class Params(StrictModel):
+    fineweb_short_line_length: int = Field(30, ge=1, description="FineWeb's short-line length")
+    langid_max_chars: int = Field(2000, ge=1, description="leading characters read by language ID")
+    toxicity_classifier: str = Field("wordlist", description="see signals.toxicity.CLASSIFIERS")
+
+    @field_validator("toxicity_classifier")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        if name not in toxicity.CLASSIFIERS:
+            known = sorted(toxicity.CLASSIFIERS)
+            raise ValueError(f"unknown classifier {name!r}; registered: {known}")
+        return name
+
+
+def compute(texts: list[str], params: Params) -> dict[str, np.ndarray | list]:
+    """Every signal for a batch of texts, one column each."""
+    tokens = tokenize(texts)
+    cols: dict = heuristics.compute(texts, tokens, params.fineweb_short_line_length)
+    langs, scores = language.identify(texts, params.langid_max_chars)
+    cols["lang"], cols["lang_score"] = langs, scores
+    batch = toxicity.Batch(texts, tokens, langs)
+    cols["toxicity"] = toxicity.classifier(params.toxicity_classifier).score(batch)
+    cols["textbook_score"] = textbook.score(texts, tokens, cols["gopher_dup_5gram_char_frac"])
+    return cols
+
+
+def _table(doc_ids: pa.Array, cols: dict[str, np.ndarray | list]) -> pa.Table:
+    return pa.table({"doc_id": doc_ids, **{
+        k: pa.array(v, pa.string()) if isinstance(v, list) else pa.array(v) for k, v in cols.items()
+    }})
+
+
+def _unit(unit: Unit, params: Params) -> tuple[pa.Table, dict]:
+    """Signals of one work unit, and per-domain sums for the metrics."""
+    tables, docs, langs, flags, sums = [], Counter(), Counter(), Counter(), {}
+    for table in unit.read(["doc_id", "domain", "text"]):
+        texts = [t or "" for t in table["text"].to_pylist()]
+        cols = compute(texts, params)
+        tables.append(_table(table["doc_id"].combine_chunks(), cols))
+        domains = np.array(table["domain"].to_pylist(), dtype=object)
+        for domain in sorted(set(domains)):
+            mask = domains == domain
+            docs[domain] += int(mask.sum())
+            col_sums = sums.setdefault(domain, Counter())
+            for col in SUMMARY:
+                col_sums[col] += float(cols[col][mask].sum())
+        langs.update(np.array(cols["lang"], dtype=object)[domains == "prose"])
+        flags.update({"c4_lorem_ipsum": int(cols["c4_lorem_ipsum"].sum()),
+                      "c4_curly_bracket": int(cols["c4_curly_bracket"].sum()),
+                      "toxicity_above_0": int((cols["toxicity"] > 0).sum())})
+    if not tables:  # an empty shard still gets an (empty) signals shard
+        tables.append(_table(pa.array([], pa.string()), compute([], params)))
+    summary = {"docs": docs, "langs": langs, "flags": flags, "sums": sums}
+    return pa.concat_tables(tables), summary
+
+
+def run(params: Params, ctx) -> dict:
+    shards = list_shards(ctx.dep(CORPUS))
+    work = units(shards)
+    out_dir = ctx.out(OUT)
+    out_dir.mkdir(parents=True)
+    docs, langs, flags, sums, rows = Counter(), Counter(), Counter(), {}, []
+    writer, columns = None, []
+    with Workers(ctx.workers) as pool:
+        results = ctx.progress(pool.map(partial(_unit, params=params), work), len(work), "signals")
+        for unit, (table, s) in zip(work, results, strict=True):
+            if writer is None or writer.path != out_dir / unit.path.name:
+                if writer is not None:
+                    rows.append((writer.path.name, writer.close()))
+                writer = ShardWriter(out_dir / unit.path.name, table.schema)
+            writer.write(table)
+            columns = table.schema.names
+            docs.update(s["docs"])
+            langs.update(s["langs"])
+            flags.update(s["flags"])
+            for domain, col_sums in s["sums"].items():
+                sums.setdefault(domain, Counter()).update(col_sums)
+    if writer is not None:
+        rows.append((writer.path.name, writer.close()))
+    write_manifest(out_dir, rows, columns)
+    ctx.log.info("signals: %d documents in %d shards", sum(docs.values()), len(shards))
+    return {
+        "docs": sum(docs.values()),
+        "shards": len(shards),
+        "docs_by_domain": dict(sorted(docs.items())),
+        "prose_languages": dict(sorted(langs.most_common(10))),
+        "flagged": dict(sorted(flags.items())),
+        "mean_by_domain": {
+            d: {c: round(v / docs[d], 6) for c, v in sorted(sums[d].items())} for d in sorted(sums)
+        },
+    }

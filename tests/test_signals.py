@@ -1,0 +1,192 @@
+"""Signals: known values on crafted texts, vectorised n-gram stats against a plain reference."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+from stages.params import ParamsError
+from stages.signals import Params, compute, language, toxicity
+from stages.textstats import TOKEN_RE
+from tests.curation_helpers import (
+    code_chunks,
+    docstrings,
+    file_bytes,
+    make_root,
+    row,
+    run,
+    set_params,
+)
+
+EXPLANATION = (
+    "A stack is a collection in which the last item added is the first one removed. Because "
+    "of this, it is called a LIFO structure. For example, when a function calls another "
+    "function, the caller's state is pushed onto the call stack; when the callee returns, it "
+    "is popped again.\n\nTo implement a stack, first choose a list, then use append to push and "
+    "pop to remove. This means both operations take constant time, which is why stacks are "
+    "used to evaluate expressions and to undo edits.\n\n>>> s = []\n>>> s.append(1)\n"
+)
+CODE = '''def area(radius):
+    """Return the area of a circle with the given radius."""
+    # pi times r squared
+    return 3.14159 * radius ** 2  # close enough
+'''
+
+
+def signals(*texts: str) -> dict:
+    return compute(list(texts), Params())
+
+
+def test_gopher_counts_on_a_known_sentence():
+    s = signals("The cat sat on the mat. The dog sat on the log.")
+    assert s["gopher_words"][0] == 12  # 14 tokens, two of them full stops
+    assert s["gopher_mean_word_length"][0] == pytest.approx(34 / 12)
+    assert s["gopher_alpha_words_ratio"][0] == pytest.approx(12 / 14)
+    assert s["gopher_stop_words"][0] == 1  # "the"; capitalised "The" does not count (as datatrove)
+    assert s["c4_sentences"][0] == 2
+
+
+def test_line_rules_on_crafted_texts():
+    bullets, lorem, dup_lines = 0, 1, 2
+    s = signals(
+        "- apples\n- pears\n- plums\n• figs",
+        "Some intro here.\nLorem ipsum dolor sit amet, consectetur adipiscing elit.",
+        "same line here\nsame line here\nsame line here\nother",
+    )
+    assert s["gopher_bullet_lines_ratio"][bullets] == 1.0
+    assert s["gopher_bullet_lines_ratio"][lorem] == 0.0
+    assert s["c4_lorem_ipsum"].tolist() == [False, True, False]
+    assert s["gopher_dup_line_frac"][dup_lines] == pytest.approx(2 / 4)
+    assert s["gopher_dup_line_char_frac"][dup_lines] == pytest.approx(28 / 50)
+    assert s["fineweb_line_punct_ratio"][lorem] == 1.0
+    assert s["fineweb_short_line_ratio"][bullets] == 1.0
+
+
+def test_ngram_fractions_on_crafted_texts():
+    s = signals("foo bar foo bar foo bar", "a b c d e a b c d e", "one two three four five")
+    assert s["gopher_top_2gram_char_frac"][0] == pytest.approx(3 * 7 / 23)
+    assert s["gopher_dup_5gram_char_frac"][1] == pytest.approx(5 / 19)
+    assert s["gopher_dup_5gram_char_frac"][2] == 0.0
+    assert s["gopher_dup_6gram_char_frac"][1] == 0.0
+
+
+def _reference_ngram_fractions(text: str, n: int) -> tuple[float, float]:
+    """Plain-Python Gopher n-gram fractions (top n-gram; characters covered by repeats)."""
+    words = TOKEN_RE.findall(text)
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    if not grams:
+        return 0.0, 0.0
+    gram, count = Counter(grams).most_common(1)[0]
+    top = count * len(" ".join(gram)) / len(text)
+    seen, covered = set(), set()
+    for i, g in enumerate(grams):
+        if g in seen:
+            covered.update(range(i, i + n))
+        seen.add(g)
+    return top, sum(len(words[i]) for i in covered) / len(text)
+
+
+def test_vectorised_ngram_fractions_match_a_plain_reference():
+    texts = [d for d in docstrings(40) if d.count("\n") > 3][:300]
+    texts += [t + "\n" + t[: len(t) // 2] for t in texts[:50]]  # some real repetition
+    s = signals(*texts)
+    for n in (2, 3, 4, 5, 8):
+        top, dup = zip(*(_reference_ngram_fractions(t, n) for t in texts), strict=True)
+        if n <= 4:
+            np.testing.assert_allclose(s[f"gopher_top_{n}gram_char_frac"], top)
+        else:
+            np.testing.assert_allclose(s[f"gopher_dup_{n}gram_char_frac"], dup)
+    assert (s["gopher_dup_5gram_char_frac"][-50:] > 0.2).all()
+
+
+def test_vectorised_language_id_equals_py3langid():
+    ident = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+    texts = [*docstrings(5)[:300], *code_chunks()[:50],
+             "Le renard brun rapide saute par-dessus le chien paresseux.",
+             "El rápido zorro marrón salta sobre el perro perezoso.", "ÉCOLE NORMALE SUPÉRIEURE"]
+    langs, probs = language.identify(texts, 2000)
+    for text, lang, prob in zip(texts, langs, probs, strict=True):
+        expected, score = ident.classify(text[:2000])
+        assert lang == expected and prob == pytest.approx(score, abs=1e-4)
+    assert langs[-3:] == ["fr", "es", "fr"]
+
+
+def test_code_signals_separate_code_from_prose():
+    s = signals(CODE, EXPLANATION)
+    assert s["code_longest_line"][0] == max(map(len, CODE.splitlines()))
+    assert 0.2 < s["code_comment_frac"][0] < 0.8  # docstring, comment line and trailing comment
+    assert s["code_comment_frac"][1] == 0.0
+    assert 0.5 < s["code_alnum_frac"][0] < 0.9
+
+
+def test_language_toxicity_and_textbook_scores():
+    s = signals(
+        EXPLANATION,
+        "Der schnelle braune Fuchs springt über den faulen Hund und läuft dann in den Wald.",
+        "This is total bullshit and the rest was barely legal.",
+        "buy now cheap best price click here buy now cheap best price click here",
+        "",
+    )
+    assert s["lang"][:2] == ["en", "de"] and s["lang_score"][0] > 0.9
+    assert s["lang"][4] == "und"
+    assert s["toxicity"][0] == 0.0
+    assert s["toxicity"][2] == pytest.approx(2 / 10)  # a word and a two-word phrase, 10 words
+    assert s["textbook_score"][0] > 0.6 > 0.3 > s["textbook_score"][3]
+    assert s["textbook_score"][4] == 0.0 and s["gopher_words"][4] == 0
+
+
+@pytest.fixture
+def corpus_root(tmp_path):
+    prose = [row(t, f"p{i}") for i, t in enumerate(docstrings(20)[:240])]
+    code = [row(t, f"c{i}", "code") for i, t in enumerate(code_chunks()[:40])]
+    return make_root(tmp_path / "root", prose[:120] + code + prose[120:])
+
+
+def test_stage_writes_signals_keyed_by_doc_id(corpus_root):
+    (metrics,) = run(corpus_root, "signals")
+    corpus = sorted((corpus_root / "data/ingest/corpus").glob("part-*.parquet"))
+    out = sorted((corpus_root / "data/signals").glob("part-*.parquet"))
+    assert [p.name for p in out] == [p.name for p in corpus] and len(out) == 2
+    for src, sig in zip(corpus, out, strict=True):
+        table = pq.read_table(sig)
+        assert "text" not in table.column_names
+        assert table["doc_id"].equals(pq.read_table(src)["doc_id"])
+    assert metrics["docs"] == 280 and metrics["docs_by_domain"] == {"code": 40, "prose": 240}
+    assert metrics["prose_languages"]["en"] > 200
+    manifest = json.loads((corpus_root / "data/signals/manifest.json").read_text())
+    assert manifest["rows"] == 280 and "toxicity" in manifest["columns"]
+
+
+def test_output_is_identical_across_runs_and_worker_counts(corpus_root):
+    run(corpus_root, "signals")
+    first = file_bytes(corpus_root / "data/signals")
+    set_params(corpus_root, runtime={"workers": 2})
+    run(corpus_root, "signals")
+    assert file_bytes(corpus_root / "data/signals") == first
+
+
+@toxicity.register("test-exclamations")
+class Exclamations:
+    """A stand-in for a model: share of sentences that end with '!'."""
+
+    def score(self, batch: toxicity.Batch) -> np.ndarray:
+        return np.array([t.count("!") / max(1, t.count(".") + t.count("!")) for t in batch.texts])
+
+
+def test_toxicity_classifier_is_pluggable_by_name(tmp_path):
+    texts = ["Calm text here. Nothing loud.", "Loud! Very loud! Stop."]
+    root = make_root(tmp_path, [row(t, str(i)) for i, t in enumerate(texts)],
+                     signals={"toxicity_classifier": "test-exclamations"})
+    run(root, "signals")
+    scores = pq.read_table(root / "data/signals/part-00000.parquet")["toxicity"].to_pylist()
+    assert scores == [0.0, pytest.approx(2 / 3)]
+    with pytest.raises(ValueError, match="unknown classifier"):
+        Params(toxicity_classifier="no-such-model")
+    root2 = make_root(tmp_path / "bad", [row("x", "0")], signals={"toxicity_classifier": "nope"})
+    with pytest.raises(ParamsError, match="toxicity_classifier"):
+        run(root2, "signals")
