@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from dagster import (
+    AssetCheckExecutionContext,
     AssetCheckResult,
     AssetCheckSpec,
     AssetExecutionContext,
@@ -23,7 +24,6 @@ from dagster import (
     MetadataValue,
     asset,
     multi_asset_check,
-    AssetCheckExecutionContext,
 )
 
 from assets.stage_runner import run_streamed
@@ -131,12 +131,16 @@ def build_stage_asset(stage: Stage, root: Path, raw_params: dict[str, Any]):
 
 
 def build_sync_checks(root: Path):
-    """One check per asset: does dvc.lock match its current code, params and inputs (and why not)?"""
+    """One check per asset: does dvc.lock match its code, params and inputs (and if not, why)?"""
 
     @multi_asset_check(
         specs=[
-            AssetCheckSpec(SYNC_CHECK, asset=AssetKey(s.name), description="dvc.lock matches "
-                           "the current code, params and inputs; otherwise lists what changed")
+            AssetCheckSpec(
+                SYNC_CHECK,
+                asset=AssetKey(s.name),
+                description="dvc.lock matches "
+                "the current code, params and inputs; otherwise lists what changed",
+            )
             for s in STAGES
         ],
         can_subset=True,
@@ -145,12 +149,18 @@ def build_sync_checks(root: Path):
         lock = ledger.read_lock(root)
         raw = params_mod.read_params(root)
         for key in context.selected_asset_check_keys:
-            fp = ledger.fingerprint(next(s for s in STAGES if s.name == key.asset_key.path[-1]), root, lock, raw)
+            fp = ledger.fingerprint(
+                next(s for s in STAGES if s.name == key.asset_key.path[-1]), root, lock, raw
+            )
             yield AssetCheckResult(
                 asset_key=key.asset_key,
                 check_name=SYNC_CHECK,
                 passed=fp.current,
-                metadata={"why_stale": MetadataValue.md("\n".join(f"- {r}" for r in fp.reasons) or "up to date")},
+                metadata={
+                    "why_stale": MetadataValue.md(
+                        "\n".join(f"- {r}" for r in fp.reasons) or "up to date"
+                    )
+                },
             )
 
     return dvc_lock_checks

@@ -53,8 +53,12 @@ def build_definitions(root: Path) -> Definitions:
         default_status=DefaultScheduleStatus.RUNNING,
     )
 
-    @sensor(name=SYNC_SENSOR, minimum_interval_seconds=30, default_status=DefaultSensorStatus.RUNNING,
-            description="Records stages that `dvc repro` ran outside Dagster (reads dvc.lock).")
+    @sensor(
+        name=SYNC_SENSOR,
+        minimum_interval_seconds=30,
+        default_status=DefaultSensorStatus.RUNNING,
+        description="Records stages that `dvc repro` ran outside Dagster (reads dvc.lock).",
+    )
     def dvc_lock_sync(context: SensorEvaluationContext) -> SensorResult:
         return SensorResult(asset_events=pending_materializations(root, context.instance))
 

@@ -43,7 +43,9 @@ def project_lock(root: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def dvc(root: Path, *args: str, retries: int = 5, check: bool = True) -> subprocess.CompletedProcess:
+def dvc(
+    root: Path, *args: str, retries: int = 5, check: bool = True
+) -> subprocess.CompletedProcess:
     """Run `dvc <args>` in `root`; retry while another DVC process holds the repo lock."""
     cmd = [dvc_executable(), *args]
     for attempt in range(retries + 1):
@@ -56,5 +58,7 @@ def dvc(root: Path, *args: str, retries: int = 5, check: bool = True) -> subproc
             break
         time.sleep(0.5 * 2**attempt)
     if check and proc.returncode != 0:
-        raise DvcError(f"`dvc {' '.join(args)}` failed ({proc.returncode}):\n{proc.stderr}{proc.stdout}")
+        raise DvcError(
+            f"`dvc {' '.join(args)}` failed ({proc.returncode}):\n{proc.stderr}{proc.stdout}"
+        )
     return proc

@@ -45,5 +45,7 @@ def drift(root: Path = ROOT) -> str | None:
     if not path.exists():
         return "dvc.yaml is missing; run `python -m orchestration gen-dvc`"
     if path.read_text() != render(root):
-        return "dvc.yaml is out of date with stages/registry.py; run `python -m orchestration gen-dvc`"
+        return (
+            "dvc.yaml is out of date with stages/registry.py; run `python -m orchestration gen-dvc`"
+        )
     return None

@@ -68,4 +68,5 @@ def sync_to_instance(root: Path, instance: DagsterInstance | None = None) -> Ite
     instance = instance or DagsterInstance.get()
     for event in pending_materializations(root, instance):
         instance.report_runless_asset_event(event)
-        yield f"{event.asset_key.to_user_string()}: recorded data version {event.tags[DATA_VERSION_TAG]}"
+        name, version = event.asset_key.to_user_string(), event.tags[DATA_VERSION_TAG]
+        yield f"{name}: recorded data version {version}"

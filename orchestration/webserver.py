@@ -29,8 +29,9 @@ RUN_STATUS = "query Run($id: ID!) { runOrError(runId: $id) { ... on Run { status
 STALENESS = "{ assetNodes { assetKey { path } staleStatus staleCauses { reason category } } }"
 LOCATIONS = """{ workspaceOrError { ... on Workspace { locationEntries { name
   locationOrLoadError { ... on RepositoryLocation { repositories { name } } } } } } }"""
-RELOAD = """mutation Reload($name: String!) { reloadRepositoryLocation(repositoryLocationName: $name) {
-  __typename ... on WorkspaceLocationEntry { name } } }"""
+RELOAD = """mutation Reload($name: String!) {
+  reloadRepositoryLocation(repositoryLocationName: $name) {
+    __typename ... on WorkspaceLocationEntry { name } } }"""
 
 
 def free_port() -> int:
@@ -46,8 +47,9 @@ class DagsterClient:
         self.url = url
 
     def query(self, query: str, **variables) -> dict:
-        resp = requests.post(f"{self.url}/graphql", json={"query": query, "variables": variables},
-                             timeout=60)
+        resp = requests.post(
+            f"{self.url}/graphql", json={"query": query, "variables": variables}, timeout=60
+        )
         resp.raise_for_status()
         body = resp.json()
         if body.get("errors"):
@@ -90,7 +92,10 @@ class DagsterClient:
     def staleness(self) -> dict[str, tuple[str, list[str]]]:
         nodes = self.query(STALENESS)["assetNodes"]
         return {
-            "/".join(n["assetKey"]["path"]): (n["staleStatus"], [c["reason"] for c in n["staleCauses"]])
+            "/".join(n["assetKey"]["path"]): (
+                n["staleStatus"],
+                [c["reason"] for c in n["staleCauses"]],
+            )
             for n in nodes
         }
 
@@ -110,20 +115,39 @@ def webserver(root: Path, dagster_home: Path, port: int | None = None):
             "  class: DefaultRunCoordinator\ntelemetry:\n  enabled: false\n"
         )
     bindir = Path(sys.executable).parent
-    env = {**os.environ, "DAGSTER_HOME": str(dagster_home), "PIPELINE_ROOT": str(root),
-           "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(dagster_home),
+        "PIPELINE_ROOT": str(root),
+        "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     log = open(dagster_home / "webserver.log", "w")
     proc = subprocess.Popen(
-        [str(bindir / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port),
-         "-m", "orchestration.definitions", "-d", str(root)],
-        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            str(bindir / "dagster-webserver"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-m",
+            "orchestration.definitions",
+            "-d",
+            str(root),
+        ],
+        cwd=root,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"webserver exited: {(dagster_home / 'webserver.log').read_text()}")
+                raise RuntimeError(
+                    f"webserver exited: {(dagster_home / 'webserver.log').read_text()}"
+                )
             try:
                 if requests.get(f"{url}/server_info", timeout=2).ok:
                     break
@@ -140,5 +164,3 @@ def webserver(root: Path, dagster_home: Path, port: int | None = None):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, 9)
         log.close()
-
-

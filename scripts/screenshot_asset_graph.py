@@ -30,12 +30,26 @@ def main(out: Path) -> None:
         url = f"{ui.url}/asset-groups/pipeline"
         out.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run(
-            [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-             "--no-first-run", "--disable-background-networking", "--disable-component-update",
-             "--disable-sync", f"--user-data-dir={profile}", "--hide-scrollbars",
-             "--window-size=1600,1000", "--virtual-time-budget=15000",
-             f"--screenshot={out.resolve()}", url],
-            check=True, capture_output=True, timeout=120,
+            [
+                browser,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={profile}",
+                "--hide-scrollbars",
+                "--window-size=1600,1000",
+                "--virtual-time-budget=15000",
+                f"--screenshot={out.resolve()}",
+                url,
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
         )
     print(f"wrote {out}")
 

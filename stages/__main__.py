@@ -1,4 +1,4 @@
-"""CLI: `python -m stages run <stage>` (the command dvc.yaml and Dagster both run), `list`, `check`."""
+"""CLI: `python -m stages run <stage>` (what dvc.yaml and Dagster both run), `list`, `check`."""
 
 from __future__ import annotations
 

@@ -30,7 +30,9 @@ class Base(StrictModel):
 class Runtime(StrictModel):
     """Execution knobs: how, not what. No stage declares these, so they never affect identity."""
 
-    workers: int = Field(0, ge=0, description="worker processes for shard-parallel work; 0 = all cores")
+    workers: int = Field(
+        0, ge=0, description="worker processes for shard-parallel work; 0 = all cores"
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     progress: bool = True
     s3_endpoint_url: str | None = Field(

@@ -64,7 +64,7 @@ class Stage:
 STAGES: tuple[Stage, ...] = (
     Stage(
         name="ingest",
-        description="Raw corpus from the declared sources, sharded, with a held-out slice per domain.",
+        description="Raw corpus from the declared sources, sharded, with a held-out slice.",
         code=("stages/ingest",),
         params=("base.seed", "ingest"),
         out="data/ingest",
@@ -72,7 +72,7 @@ STAGES: tuple[Stage, ...] = (
     ),
     Stage(
         name="signals",
-        description="Per-document quality, repetition, language and toxicity signals, computed once.",
+        description="Per-document quality, repetition, language and toxicity signals.",
         code=("stages/signals",),
         deps=("data/ingest",),
         params=("signals",),
@@ -141,5 +141,7 @@ def check_registry(stages: tuple[Stage, ...] = STAGES) -> None:
                 raise ValueError(f"stage {s.name!r}: dep {dep!r} is produced by a later stage")
         for out in s.all_outs:
             if out in produced:
-                raise ValueError(f"output {out!r} of {s.name!r} is also produced by {produced[out]!r}")
+                raise ValueError(
+                    f"output {out!r} of {s.name!r} is also produced by {produced[out]!r}"
+                )
             produced[out] = s.name

@@ -16,22 +16,32 @@ BIN = Path(sys.executable).parent
 EXCLUDE_TOP = {"data", "reports", "dvc.lock", ".dagster_home", "docs"}
 
 
-def sh(*cmd: str, cwd: Path, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+def sh(
+    *cmd: str, cwd: Path, check: bool = True, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """Run a command with this interpreter's bin dir first on PATH (so `python`/`dvc` are ours)."""
     full_env = {**os.environ, **(env or {})}
     full_env["PATH"] = f"{BIN}{os.pathsep}{full_env.get('PATH', '')}"
     proc = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+        )
     return proc
 
 
 def copy_project(dest: Path) -> Path:
     """Copy the project's source files (tracked and new, not ignored) without outputs or state."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True,
-        check=True,
-    ).stdout.decode().split("\0")
+    listed = (
+        subprocess.run(
+            ["git", "ls-files", "-co", "--exclude-standard", "-z"],
+            cwd=REPO,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for rel in filter(None, listed):
         if rel.split("/", 1)[0] in EXCLUDE_TOP or not (REPO / rel).is_file():
             continue
@@ -62,8 +72,12 @@ TINY = {
     "runtime": {"workers": 1, "progress": False},
     "ingest": {
         "sources": [
-            {"name": "builtin-prose", "kind": "builtin", "parts": ["pydoc_topics", "docstrings"],
-             "max_docs": 400},
+            {
+                "name": "builtin-prose",
+                "kind": "builtin",
+                "parts": ["pydoc_topics", "docstrings"],
+                "max_docs": 400,
+            },
             {"name": "builtin-code", "kind": "builtin", "parts": ["stdlib_code"], "max_docs": 30},
         ],
         "heldout_min_per_domain": 5,
@@ -102,10 +116,13 @@ def s3_server():
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                                             "AWS_DEFAULT_REGION")}
-    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
-                      AWS_DEFAULT_REGION="us-east-1")
+    saved = {
+        k: os.environ.get(k)
+        for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+    }
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1"
+    )
     yield f"http://127.0.0.1:{port}"
     server.stop()
     for key, value in saved.items():

@@ -13,7 +13,7 @@ import pytest
 
 from orchestration import ledger
 from stages.registry import stage
-from tests.conftest import sh
+from tests.conftest import set_params, sh
 from tests.pipeline_helpers import dvc_changed
 
 pytestmark = pytest.mark.slow
@@ -22,8 +22,14 @@ pytestmark = pytest.mark.slow
 def _kill_when_writing(cmd: list[str], root: Path, out: Path) -> None:
     """Start `cmd`, SIGKILL its whole process group once the stage's temp output appears."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    proc = subprocess.Popen(cmd, cwd=root, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=root,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 300
     while not list(out.parent.glob(f".{out.name}.tmp-*")):
         assert proc.poll() is None, "stage finished before it could be killed; make it bigger"
@@ -39,9 +45,7 @@ def test_sigkill_leaves_no_complete_output(project: Path, front_end: str):
     out = project / ingest.out
     if front_end == "dvc":
         sh("dvc", "repro", "ingest", cwd=project)  # a recorded earlier result ...
-        sh("python", "-c", "import yaml,pathlib; p=pathlib.Path('params.yaml'); d=yaml.safe_load("
-           "p.read_text()); d['base']['seed']+=1; p.write_text(yaml.safe_dump(d, sort_keys=False))",
-           cwd=project)  # ... made stale by a params edit, then re-run and killed
+        set_params(project, base={"seed": 1})  # ... made stale, re-run and killed
         cmd = ["dvc", "repro", "ingest"]
     else:
         cmd = [sys.executable, "-m", "stages", "run", "ingest"]

@@ -23,7 +23,7 @@ from tests.pipeline_helpers import (
 pytestmark = pytest.mark.slow
 
 ALL = {s.name for s in STAGES}
-# A threshold no document of the tiny corpus is near: filter re-runs, its output bytes do not change.
+# A threshold no document of the tiny corpus is near: filter re-runs, its output bytes stay.
 NOOP_EDIT = {"filter": {"gopher_quality": {"max_words": 100_001}}}
 # A threshold that removes documents: filter's output changes, so dedup must follow.
 REAL_EDIT = {"filter": {"gopher_quality": {"min_words": 120}}}

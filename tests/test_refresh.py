@@ -1,4 +1,4 @@
-"""Corpus refresh: the schedule re-ingests; downstream follows only if ingest's data version changed."""
+"""Corpus refresh: the schedule re-ingests; downstream follows only on a new ingest data version."""
 
 from __future__ import annotations
 
@@ -25,8 +25,9 @@ def _refresh(root: Path, instance) -> dict[str, bool]:
     schedule = defs.get_schedule_def(REFRESH_SCHEDULE)
     requests = schedule.evaluate_tick(build_schedule_context(instance=instance)).run_requests
     assert len(requests) == 1
-    return dagster_materialize(root, instance, selection=AssetSelection.assets("ingest"),
-                               run_config=requests[0].run_config)
+    return dagster_materialize(
+        root, instance, selection=AssetSelection.assets("ingest"), run_config=requests[0].run_config
+    )
 
 
 def _requested(root: Path, instance, cursor):
@@ -45,10 +46,15 @@ def test_refresh_propagates_only_on_new_data(project: Path, tmp_path: Path):
     notes = project / "notes"
     notes.mkdir()
     (notes / "gd.md").write_text(DOC)
-    set_params(project, ingest={"sources": [
-        {"name": "notes", "kind": "local", "paths": ["notes"]},
-        {"name": "builtin-prose", "kind": "builtin", "parts": ["pydoc_topics"]},
-    ]})
+    set_params(
+        project,
+        ingest={
+            "sources": [
+                {"name": "notes", "kind": "local", "paths": ["notes"]},
+                {"name": "builtin-prose", "kind": "builtin", "parts": ["pydoc_topics"]},
+            ]
+        },
+    )
     instance = temp_instance(tmp_path / "dagster_home")
     assert all(dagster_materialize(project, instance).values())
     requested, cursor = _requested(project, instance, None)

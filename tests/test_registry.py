@@ -66,9 +66,13 @@ def test_stage_code_imports_neither_dagster_nor_dvc():
 def test_registry_rules():
     a = Stage(name="a", description="", code=(), out="data/a")
     with pytest.raises(ValueError, match="inside output"):
-        check_registry((a, Stage(name="b", description="", code=(), out="data/b", deps=("data/a/x",))))
+        check_registry(
+            (a, Stage(name="b", description="", code=(), out="data/b", deps=("data/a/x",)))
+        )
     with pytest.raises(ValueError, match="also produced"):
         check_registry((a, Stage(name="b", description="", code=(), out="data/a")))
     with pytest.raises(ValueError, match="later stage"):
-        check_registry((Stage(name="b", description="", code=(), out="data/b", deps=("data/a",)), a))
+        check_registry(
+            (Stage(name="b", description="", code=(), out="data/b", deps=("data/a",)), a)
+        )
     check_registry()
