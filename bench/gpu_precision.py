@@ -4,10 +4,14 @@ Transformer Engine FP8, on a d_model >= 2048 MoE. One run, ratios within it.
 Reports tokens/s, MFU against the 989 TFLOP/s dense-bf16 datasheet peak and against a bf16 matmul
 rate measured in the same run, and peak memory. Model FLOPs per token = 6 * active non-embedding
 params + 12 * heads * head_dim * mean causal context per layer (attention). Each variant runs in
-try/except and the run keeps to a time budget. Blocks are torch.compile'd one by one (float8 needs
-compile for speed); a variant whose compiled warm-up fails is rerun eager, and an fp8 variant
-whose FP8 grouped GEMM for the experts fails is rerun with bf16 experts. `name: value` lines
-last; JSON to $OUT/gpu_precision.json when OUT is set. Standalone: needs only torch (+ torchao /
+try/except and the run keeps to a time budget. Every attempt builds a fresh model, converts it
+(float8) first and only then torch.compiles it, with dynamo's caches reset, so the timed warm-up
+includes that variant's own compilation. All blocks share one compiled function (one graph for
+every layer; see `compile_blocks`). An fp8 variant whose FP8 grouped GEMM for the experts fails is
+rerun compiled with bf16 experts, and a variant whose compiled warm-up fails is rerun eager. Each
+result says how many linears run in float8, whether the experts use the FP8 grouped GEMM, and how
+many graphs dynamo compiled (0 means it ran eager). `name: value` lines last; JSON to
+$OUT/gpu_precision.json when OUT is set. Standalone: needs only torch (+ torchao /
 transformer_engine for those variants) and this repository on PYTHONPATH.
 """
 
@@ -25,6 +29,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import torch
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -34,6 +39,7 @@ from stages.model.precision import PrecisionConfig, apply_precision  # noqa: E40
 
 PEAK_BF16 = 989e12  # H100/H200 SXM dense bf16 datasheet
 VARIANTS = {
+    "fp32": PrecisionConfig("fp32"),  # not in the default list: the CPU compile-path check
     "bf16": PrecisionConfig("bf16"),
     "fp8_torchao_tensorwise": PrecisionConfig("fp8_torchao", "tensorwise"),
     "fp8_torchao_rowwise": PrecisionConfig("fp8_torchao", "rowwise"),
@@ -82,19 +88,70 @@ def matmul_rate(device: torch.device, n: int) -> float:
     return 10 * 2 * n**3 / (time.perf_counter() - t0)
 
 
+def compile_blocks(model: MoEForCausalLM) -> None:
+    """torch.compile every block through one shared compiled function.
+
+    `Block.forward` appends its router stats to a list the caller passes in, so compiling the
+    blocks themselves (`layer.compile()`) makes dynamo guard on `len(stats)`: one recompile per
+    layer, which fills dynamo's 8-entry recompile limit within the first variant, after which
+    every later variant silently runs eager (the 'W...' warning saying so is filtered from the
+    log). Here the compiled function gets a fresh list and the caller's is extended afterwards,
+    so one graph (per variant) serves every layer; the model's code is unchanged."""
+
+    def block(layer: nn.Module, x, cos, sin, masks):
+        stats: list = []
+        return type(layer).forward(layer, x, cos, sin, masks, stats), stats
+
+    compiled = torch.compile(block)
+    for layer in model.model.layers:
+        def forward(x, cos, sin, masks, stats, _layer=layer):
+            y, new = compiled(_layer, x, cos, sin, masks)
+            stats.extend(new)
+            return y
+
+        layer.forward = forward  # instance attribute: nn.Module.__call__ runs it
+
+
+def conversion_counts(model: nn.Module) -> dict:
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    fp8 = [m for m in linears if type(m).__name__ == "Float8Linear"]
+    experts = [m for m in model.modules() if isinstance(m, Experts)]
+    return {"fp8_linears": len(fp8), "hp_linears": len(linears) - len(fp8),
+            "fp8_grouped_experts": sum(type(m) is not Experts for m in experts),
+            "experts_align": max((m.align for m in experts), default=1)}
+
+
+def dynamo_counts() -> dict:
+    from torch._dynamo.utils import counters
+
+    return {"graphs": counters["stats"]["unique_graphs"],
+            "frames_ok": counters["frames"]["ok"],
+            "graph_breaks": sum(counters["graph_break"].values())}
+
+
+def reset_dynamo() -> None:
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+
+
 def run_variant(pc: PrecisionConfig, cfg: MoEConfig, args, device, compiled: bool,
                 fp8_experts: bool, deadline: float) -> dict:
+    reset_dynamo()  # no cache entries or counts carried over from earlier attempts
     torch.manual_seed(0)
     with device:
-        model = MoEForCausalLM(cfg)
-    context = apply_precision(model, pc, device.type)
+        model = MoEForCausalLM(cfg)  # fresh model for every attempt
+    context = apply_precision(model, pc, device.type,
+                              fp8_auto_filter=args.fp8_filter == "auto")  # convert first ...
     if not fp8_experts:
         for m in model.modules():
             if isinstance(m, Experts):
                 m.__class__, m.align = Experts, 1
+    counts = conversion_counts(model)
     if compiled:
-        for layer in model.model.layers:
-            layer.compile()
+        compile_blocks(model)  # ... then compile the converted model
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     batch = torch.randint(0, cfg.vocab_size, (args.batch, args.seq + 1), device=device)
 
@@ -113,6 +170,9 @@ def run_variant(pc: PrecisionConfig, cfg: MoEConfig, args, device, compiled: boo
         loss = step()
     sync(device)
     warmup_s = time.perf_counter() - t0
+    compile_counts = dynamo_counts()
+    if compiled and compile_counts["graphs"] == 0:
+        print("# WARNING: compile requested but dynamo compiled no graph (ran eager)", flush=True)
     steps, t0 = 0, time.perf_counter()
     while steps < args.steps and (steps < 2 or time.perf_counter() < deadline):
         loss = step()
@@ -123,20 +183,26 @@ def run_variant(pc: PrecisionConfig, cfg: MoEConfig, args, device, compiled: boo
     achieved = flops_per_token(model, args.seq) * tokens_per_s
     return {
         "tokens_per_s": tokens_per_s, "step_s": seconds, "steps": steps, "warmup_s": warmup_s,
-        "compiled": compiled, "fp8_experts": fp8_experts, "loss": loss.item(),
+        "compiled": compiled and compile_counts["graphs"] > 0, "compile_requested": compiled,
+        **compile_counts, "recompiled_while_timed": dynamo_counts()["graphs"]
+        - compile_counts["graphs"], **counts, "fp8_experts": counts["fp8_grouped_experts"] > 0,
+        "loss": loss.item(),
         "achieved_tflops": achieved / 1e12,
         "peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
         "_achieved": achieved,
     }
 
 
-def attempt(name: str, pc: PrecisionConfig, cfg, args, device, deadline: float) -> dict:
-    """Compiled first (unless --compile off), then eager; fp8 experts first, then bf16 experts."""
+def attempt(name: str, pc: PrecisionConfig, cfg, args, device, deadline: float,
+            fp8_experts: bool = True) -> dict:
+    """Compiled first (unless --compile off), then eager; within each, fp8 experts first, then
+    bf16 experts (an eager run is only a fallback: float8 without compile is slow)."""
     errors = []
     compile_modes = {"auto": [True, False], "on": [True], "off": [False]}[args.compile]
-    expert_modes = [True, False] if pc.mode == "fp8_torchao" and device.type == "cuda" else [True]
-    for fp8_experts in expert_modes:
-        for compiled in compile_modes:
+    fp8_capable = pc.mode == "fp8_torchao" and device.type == "cuda" and fp8_experts
+    expert_modes = [True, False] if fp8_capable else [False]
+    for compiled in compile_modes:
+        for fp8_experts in expert_modes:
             if time.perf_counter() > deadline - args.min_variant_s:
                 errors.append("skipped: out of time budget")
                 return {"error": " | ".join(errors)}
@@ -145,8 +211,9 @@ def attempt(name: str, pc: PrecisionConfig, cfg, args, device, deadline: float) 
                 return {**result, **({"errors_before": errors} if errors else {})}
             except Exception as e:  # report and continue: one shot on the device
                 msg = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                print(f"# {name} compiled={compiled} fp8_experts={fp8_experts} failed: {msg}")
-                traceback.print_exc(limit=4)
+                print(f"# {name} compiled={compiled} fp8_experts={fp8_experts} failed: {msg}",
+                      flush=True)
+                traceback.print_exc(limit=-6)
                 errors.append(msg)
             finally:
                 gc.collect()
@@ -178,7 +245,14 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--compile", choices=["auto", "on", "off"], default="auto")
-    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--variants", default=",".join(v for v in VARIANTS if v != "fp32"))
+    ap.add_argument("--fp8-filter", choices=["all", "auto"], default="all",
+                    help="all: every 16-divisible linear but router/gate/lm_head (torchtitan's "
+                    "default); auto: also skip those torchao's auto filter deems too small")
+    ap.add_argument("--fp8-experts", choices=["on", "off"], default="on",
+                    help="fp8_torchao on CUDA: experts through torchao's FP8 grouped GEMM (falls "
+                    "back to bf16 experts if that fails; when it works the variant is rerun as "
+                    "<name>_bf16experts to show what the FP8 experts cost) or bf16 grouped GEMM")
     ap.add_argument("--budget-s", type=float, default=270.0, help="whole-run time budget")
     ap.add_argument("--min-variant-s", type=float, default=25.0,
                     help="do not start a variant with less time than this left")
@@ -191,10 +265,17 @@ def main() -> None:
     deadline = start + args.budget_s
     device = torch.device(args.device)
     cfg = model_config(args)
+    import torch._dynamo.config as dynamo_config
+
+    # headroom for the per-variant recompiles (each attempt also starts from torch._dynamo.reset())
+    for knob in ("recompile_limit", "cache_size_limit"):
+        if hasattr(dynamo_config, knob):
+            setattr(dynamo_config, knob, 64)
 
     env = {"torch": torch.__version__, "torchao": package_version("torchao"),
            "transformer_engine": package_version("transformer_engine"),
-           "device_name": torch.cuda.get_device_name() if device.type == "cuda" else "cpu"}
+           "device_name": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+           "fp8_filter": args.fp8_filter}
     print(f"# env: {json.dumps(env)}", flush=True)
     matmul = matmul_rate(device, args.matmul_n)
     print(f"# bf16 matmul {args.matmul_n}^3: {matmul / 1e12:.1f} TFLOP/s", flush=True)
@@ -204,8 +285,14 @@ def main() -> None:
         if VARIANTS[name].mode == "fp8_te" and te_missing:
             results[name] = {"error": "not installed (import transformer_engine fails)"}
         else:
-            results[name] = attempt(name, VARIANTS[name], cfg, args, device, deadline)
+            results[name] = attempt(name, VARIANTS[name], cfg, args, device, deadline,
+                                    fp8_experts=args.fp8_experts == "on")
         print(f"# {name}: {json.dumps(results[name], default=str)}", flush=True)
+        if results[name].get("fp8_experts"):  # the same with bf16 experts: what FP8 experts cost
+            extra = f"{name}_bf16experts"
+            results[extra] = attempt(extra, VARIANTS[name], cfg, args, device, deadline,
+                                     fp8_experts=False)
+            print(f"# {extra}: {json.dumps(results[extra], default=str)}", flush=True)
 
     summary = {"matmul_bf16_tflops": matmul / 1e12, "total_s": time.perf_counter() - start}
     base = results.get("bf16", {}).get("tokens_per_s")
@@ -218,6 +305,10 @@ def main() -> None:
         summary[f"{name}_mfu_vs_989"] = achieved / PEAK_BF16
         summary[f"{name}_mfu_vs_measured_matmul"] = achieved / matmul
         summary[f"{name}_compiled"] = r["compiled"]
+        summary[f"{name}_graphs"] = r["graphs"]
+        if name.startswith("fp8_torchao"):
+            summary[f"{name}_fp8_linears"] = r["fp8_linears"]
+            summary[f"{name}_fp8_experts"] = r["fp8_experts"]
         if base and name != "bf16":
             summary[f"{name}_speedup_vs_bf16"] = r["tokens_per_s"] / base
     with torch.device("meta"):

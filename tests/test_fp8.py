@@ -173,3 +173,25 @@ def test_unknown_recipe_is_rejected():
     with pytest.raises(ValueError, match="recipes"):
         PrecisionConfig("fp8_torchao", "delayed")
     assert PrecisionConfig("fp8_te").recipe == "delayed"
+
+
+def test_padded_expert_groups_keep_fp8_grouped_gemm_strides_16_byte_aligned():
+    """The FP8 wgrad quantises A and grad_output column-major with stride (1, rows): rows, and
+    every group end in offs, must be multiples of 16 (the last group absorbs the spare rows)."""
+    seen = []
+
+    class Recording(Experts):
+        def matmul(self, x, name, offs):
+            seen.append((x.shape[0], offs.tolist()))
+            return super().matmul(x, name, offs)
+
+    torch.manual_seed(0)
+    model = MoEForCausalLM(CFG)
+    for layer in model.model.layers:
+        layer.mlp.experts.__class__, layer.mlp.experts.align = Recording, 16
+    x = next(markov_batches(1))
+    model(x[:, :-1], x[:, 1:]).loss.backward()
+    assert seen
+    for rows, offs in seen:
+        assert rows % 16 == 0 and offs[-1] == rows
+        assert all(o % 16 == 0 for o in offs) and offs == sorted(offs)

@@ -169,11 +169,16 @@ class Experts(nn.Module):
         token = order // k
         h = x.index_select(0, token)
         if self.align > 1:
-            padded = (counts + self.align - 1) // self.align * self.align
-            offs = padded.cumsum(0, dtype=torch.int32)
-            shift = (offs - padded) - (counts.cumsum(0, dtype=torch.int32) - counts)
+            a = self.align
+            padded = (counts + a - 1) // a * a
+            starts = padded.cumsum(0, dtype=torch.int32) - padded
+            shift = starts - (counts.cumsum(0, dtype=torch.int32) - counts)
             dest = torch.arange(flat.numel(), device=x.device) + shift[flat[order]]
-            rows = flat.numel() + n_experts * (self.align - 1)
+            # The buffer's row count is itself a multiple of `align` and the last group absorbs
+            # the spare zero rows (offs[-1] == rows): the FP8 wgrad quantises A and grad_output
+            # column-major, stride (1, rows), and the scaled grouped GEMM needs 16-byte strides.
+            rows = (flat.numel() + n_experts * (a - 1) + a - 1) // a * a
+            offs = torch.cat([starts[1:], starts.new_full((1,), rows)])
             h = h.new_zeros(rows, h.shape[1]).index_copy(0, dest, h)
         else:
             offs = counts.cumsum(0, dtype=torch.int32)

@@ -140,9 +140,12 @@ class TorchaoFp8Experts(Experts):
     `fp8_grouped_mm` is set at conversion, so torchao is imported only in this mode."""
 
     def matmul(self, x: torch.Tensor, name: str, offs: torch.Tensor) -> torch.Tensor:
-        w = getattr(self, name).to(torch.bfloat16).transpose(-2, -1)  # (E, in, out) column-major
-        return self.fp8_grouped_mm(x.to(torch.bfloat16), w, offs, out_dtype=torch.bfloat16,
-                                   pad_token_groups_for_grouped_mm=False)
+        # A row-major (S, in); B_t (E, in, out) column-major, i.e. the transpose of the contiguous
+        # (E, out, in) weight. S and every group in `offs` are multiples of 16 (`align`), which the
+        # backward needs: its wgrad quantises A and grad_output column-major, stride (1, S).
+        w = getattr(self, name).to(torch.bfloat16).contiguous().transpose(-2, -1)
+        return self.fp8_grouped_mm(x.to(torch.bfloat16).contiguous(), w, offs,
+                                   out_dtype=torch.bfloat16, pad_token_groups_for_grouped_mm=False)
 
 
 # ---------------------------------------------------------------- applying a mode
@@ -182,9 +185,16 @@ def _te_recipe(pc: PrecisionConfig, recipe):
     }[pc.recipe]()
 
 
-def apply_precision(model: nn.Module, pc: PrecisionConfig, device_type: str = "cpu"):
+def apply_precision(model: nn.Module, pc: PrecisionConfig, device_type: str = "cpu", *,
+                    fp8_auto_filter: bool = False):
     """Transform `model` in place for `pc`; return a zero-argument factory of the context manager
-    that every forward (and loss) must run under. Build the optimizer after calling this."""
+    that every forward (and loss) must run under. Build the optimizer after calling this, and
+    torch.compile (if at all) after it too, so compile traces the converted modules.
+
+    `fp8_auto_filter` (fp8_torchao only) also keeps in bf16 the linears whose K, N torchao's
+    `_auto_filter_for_recipe` deems too small for FP8 to pay off (torchtitan's
+    `auto_filter_small_kn`); by default every 16-divisible linear but the HIGH_PRECISION ones
+    is converted, as torchtitan does."""
     if pc.mode == "fp32":
         return contextlib.nullcontext
     if pc.mode == "bf16":
@@ -206,10 +216,25 @@ def apply_precision(model: nn.Module, pc: PrecisionConfig, device_type: str = "c
         from torchao.float8 import Float8LinearConfig, convert_to_float8_training
 
         allowed = {id(lin) for _, _, lin in _fp8_linears(model)}
-        convert_to_float8_training(
-            model, config=Float8LinearConfig.from_recipe_name(pc.recipe),
-            module_filter_fn=lambda m, fqn: id(m) in allowed and m.in_features % 16 == 0
-            and m.out_features % 16 == 0)
+        size_ok = lambda m, fqn: True  # noqa: E731
+        if fp8_auto_filter:
+            from torchao.float8.float8_linear_utils import _auto_filter_for_recipe
+
+            size_ok = _auto_filter_for_recipe(pc.recipe, filter_fqns=[])
+
+        def module_filter(m: nn.Module, fqn: str) -> bool:
+            return (id(m) in allowed and m.in_features % 16 == 0 and m.out_features % 16 == 0
+                    and size_ok(m, fqn))
+
+        # torchtitan's single-device recipe: no FSDP float8 all-gather (the recipe default).
+        config = Float8LinearConfig.from_recipe_name(pc.recipe)
+        convert_to_float8_training(model, config=config, module_filter_fn=module_filter)
+        if device_type == "cuda" and pc.recipe == "rowwise":
+            # as torchtitan does for rowwise (pytorch/pytorch#150859): inductor rounds the
+            # intermediate casts of the scale computation as eager does
+            import torch._inductor.config as inductor_config
+
+            inductor_config.emulate_precision_casts = True
         if device_type == "cuda":
             from torchao.prototype.moe_training.fp8_grouped_mm import (
                 _to_fp8_rowwise_then_scaled_grouped_mm,

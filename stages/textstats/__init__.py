@@ -107,7 +107,8 @@ def normalized_hashes(texts: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
 
 def stable_hashes(strings: Iterable[str], count: int = -1) -> np.ndarray:
     """64-bit XXH3 of each string: the same on every machine, run and process."""
-    return np.fromiter(map(xxh3_64_intdigest, strings), dtype=np.uint64, count=count)
+    digests = (xxh3_64_intdigest(s.encode()) for s in strings)  # xxhash >= 4 takes bytes only
+    return np.fromiter(digests, dtype=np.uint64, count=count)
 
 
 def mix64(x: np.ndarray) -> np.ndarray:
