@@ -30,7 +30,7 @@ from assets.stage_runner import run_streamed
 from orchestration import ledger
 from orchestration.dvc_cli import dvc
 from stages import params as params_mod
-from stages.registry import STAGES, Stage, upstream
+from stages.registry import STAGES, MetricCheck, Stage, upstream
 
 GPU_POOL = "gpu"
 SYNC_CHECK = "in_sync_with_dvc_lock"
@@ -130,40 +130,65 @@ def build_stage_asset(stage: Stage, root: Path, raw_params: dict[str, Any]):
     return _stage_asset
 
 
-def build_sync_checks(root: Path):
-    """One check per asset: does dvc.lock match its code, params and inputs (and if not, why)?"""
-
-    @multi_asset_check(
-        specs=[
-            AssetCheckSpec(
-                SYNC_CHECK,
-                asset=AssetKey(s.name),
-                description="dvc.lock matches "
-                "the current code, params and inputs; otherwise lists what changed",
-            )
-            for s in STAGES
-        ],
-        can_subset=True,
+def _sync_result(stage: Stage, root: Path, lock, raw) -> AssetCheckResult:
+    fp = ledger.fingerprint(stage, root, lock, raw)
+    why = "\n".join(f"- {r}" for r in fp.reasons) or "up to date"
+    return AssetCheckResult(
+        asset_key=stage.name,
+        check_name=SYNC_CHECK,
+        passed=fp.current,
+        metadata={"why_stale": MetadataValue.md(why)},
     )
-    def dvc_lock_checks(context: AssetCheckExecutionContext):
+
+
+def _metric_result(stage: Stage, check: MetricCheck, root: Path) -> AssetCheckResult:
+    path = root / stage.metrics[0]
+    if not path.exists():
+        return AssetCheckResult(
+            asset_key=stage.name,
+            check_name=check.name,
+            passed=False,
+            metadata={"error": f"{stage.metrics[0]} not found; materialize {stage.name} first"},
+        )
+    metrics = json.loads(path.read_text())
+    return AssetCheckResult(
+        asset_key=stage.name,
+        check_name=check.name,
+        passed=bool(check.test(metrics)),
+        metadata={"metrics": MetadataValue.path(stage.metrics[0])},
+    )
+
+
+def build_checks(root: Path):
+    """Per asset: is dvc.lock in sync (and if not, why), plus the stage's declared metric checks."""
+    specs = [
+        AssetCheckSpec(
+            SYNC_CHECK,
+            asset=s.name,
+            description="dvc.lock matches the current code, params and inputs; "
+            "otherwise the metadata lists what changed",
+        )
+        for s in STAGES
+    ] + [
+        AssetCheckSpec(c.name, asset=s.name, description=c.description)
+        for s in STAGES
+        for c in s.checks
+    ]
+
+    @multi_asset_check(specs=specs, can_subset=True, name="stage_checks")
+    def stage_checks(context: AssetCheckExecutionContext):
         lock = ledger.read_lock(root)
         raw = params_mod.read_params(root)
+        by_name = {s.name: s for s in STAGES}
         for key in context.selected_asset_check_keys:
-            fp = ledger.fingerprint(
-                next(s for s in STAGES if s.name == key.asset_key.path[-1]), root, lock, raw
-            )
-            yield AssetCheckResult(
-                asset_key=key.asset_key,
-                check_name=SYNC_CHECK,
-                passed=fp.current,
-                metadata={
-                    "why_stale": MetadataValue.md(
-                        "\n".join(f"- {r}" for r in fp.reasons) or "up to date"
-                    )
-                },
-            )
+            stage = by_name[key.asset_key.to_user_string()]
+            if key.name == SYNC_CHECK:
+                yield _sync_result(stage, root, lock, raw)
+            else:
+                check = next(c for c in stage.checks if c.name == key.name)
+                yield _metric_result(stage, check, root)
 
-    return dvc_lock_checks
+    return stage_checks
 
 
 def build_stage_assets(root: Path) -> list:

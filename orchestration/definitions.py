@@ -20,7 +20,7 @@ from dagster import (
     sensor,
 )
 
-from assets.stage_assets import StageRunConfig, build_stage_assets, build_sync_checks
+from assets.stage_assets import StageRunConfig, build_checks, build_stage_assets
 from orchestration.sync import pending_materializations
 from stages import params as params_mod
 
@@ -64,7 +64,7 @@ def build_definitions(root: Path) -> Definitions:
 
     return Definitions(
         assets=build_stage_assets(root),
-        asset_checks=[build_sync_checks(root)],
+        asset_checks=[build_checks(root)],
         schedules=[refresh],
         sensors=[dvc_lock_sync],
     )

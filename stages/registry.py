@@ -10,13 +10,24 @@ two agree on what a change invalidates. Stages may read sub-paths of a dep (`dat
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
 # Code every stage runs through (runner, atomic writes, params loading).
 COMMON_CODE = ("stages/runner.py", "stages/atomic.py", "stages/params.py")
+
+
+@dataclass(frozen=True)
+class MetricCheck:
+    """A plain-Python test of a stage's metrics (its first metrics file), run as a Dagster check."""
+
+    name: str
+    description: str
+    test: Callable[[dict[str, Any]], bool]
 
 
 @dataclass(frozen=True)
@@ -33,6 +44,7 @@ class Stage:
     plots: tuple[str, ...] = ()  # PNG plots, kept in git
     persist: tuple[str, ...] = ()  # state kept across runs (resumable checkpoints)
     gpu: bool = False  # runs in the GPU concurrency pool
+    checks: tuple[MetricCheck, ...] = ()  # sanity checks on the metrics after each run
     module: str = ""  # module with `Params` and `run`; default `stages.<name>`
 
     @property
@@ -69,34 +81,85 @@ STAGES: tuple[Stage, ...] = (
         params=("base.seed", "ingest"),
         out="data/ingest",
         metrics=("reports/ingest/metrics.json",),
+        checks=(
+            MetricCheck(
+                "corpus_not_empty", "the corpus holds documents", lambda m: m["corpus"]["docs"] > 0
+            ),
+            MetricCheck(
+                "counts_reconcile",
+                "read = kept + sum(skipped), kept = corpus + heldout",
+                lambda m: (
+                    m["read"] == m["kept"] + sum(m["skipped"].values())
+                    and m["kept"] == m["corpus"]["docs"] + m["heldout"]["docs"]
+                ),
+            ),
+        ),
     ),
     Stage(
         name="signals",
         description="Per-document quality, repetition, language and toxicity signals.",
-        code=("stages/signals",),
+        code=("stages/signals", "stages/textstats"),
         deps=("data/ingest",),
         params=("signals",),
         out="data/signals",
         metrics=("reports/signals/metrics.json",),
+        checks=(
+            MetricCheck(
+                "one_row_per_document",
+                "a signal row for every corpus document",
+                lambda m: m["docs"] == sum(m["docs_by_domain"].values()) > 0,
+            ),
+        ),
     ),
     Stage(
         name="filter",
         description="Thresholds from params applied to the stored signals: the filtered corpus.",
-        code=("stages/filter",),
+        code=("stages/filter", "stages/textstats"),
         deps=("data/ingest", "data/signals"),
         params=("filter",),
         out="data/filter",
         metrics=("reports/filter/metrics.json",),
+        checks=(
+            MetricCheck(
+                "kept_fraction_sane",
+                "keeps between 0.5% and 99.5% of the documents",
+                lambda m: 0.005 <= m["kept_fraction"] <= 0.995,
+            ),
+            MetricCheck(
+                "counts_reconcile",
+                "docs_in = docs_kept + docs_removed",
+                lambda m: m["docs_in"] == m["docs_kept"] + m["docs_removed"],
+            ),
+        ),
     ),
     Stage(
         name="dedup",
         description="Exact and MinHash near-duplicate removal, decontamination, SoftDedup weights.",
-        code=("stages/dedup",),
+        code=("stages/dedup", "stages/textstats"),
         deps=("data/filter", "data/ingest"),
         params=("base.seed", "dedup"),
         out="data/dedup",
         metrics=("reports/dedup/metrics.json",),
         plots=("reports/dedup/weights.png",),
+        checks=(
+            MetricCheck("not_empty", "documents survive dedup", lambda m: m["docs_kept"] > 0),
+            MetricCheck(
+                "weights_sum_to_count",
+                "SoftDedup weights sum to the kept count",
+                lambda m: abs(m["weights_sum"] - m["docs_kept"]) <= 1e-6 * m["docs_kept"],
+            ),
+            MetricCheck(
+                "counts_reconcile",
+                "in = kept + exact + near duplicates + decontaminated",
+                lambda m: (
+                    m["docs_in"]
+                    == m["docs_kept"]
+                    + m["exact_duplicates_removed"]
+                    + m["near_duplicates_removed"]
+                    + m["decontaminated"]
+                ),
+            ),
+        ),
     ),
 )
 

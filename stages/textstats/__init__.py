@@ -69,12 +69,6 @@ class Tokens:
         """Sum of per-token `values` for every document."""
         return np.bincount(self.doc, weights=values, minlength=self.n_docs)
 
-    def select(self, keep_vocab: np.ndarray) -> Tokens:
-        """The same documents with only tokens whose vocabulary entry is kept."""
-        keep = keep_vocab[self.ids]
-        kept = np.bincount(self.doc[keep], minlength=self.n_docs)
-        return Tokens(self.ids[keep], np.concatenate([[0], np.cumsum(kept)]), self.vocab)
-
 
 def tokenize(texts: Iterable[str], pattern: re.Pattern = TOKEN_RE) -> Tokens:
     index: dict[str, int] = {}

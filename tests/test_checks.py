@@ -1,0 +1,53 @@
+"""Asset checks: dvc.lock sync with the reason when stale, and each stage's metric checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from dagster import AssetSelection, materialize
+
+from orchestration.definitions import build_definitions
+from stages.registry import STAGES
+from tests.conftest import set_params, sh, temp_instance
+
+pytestmark = pytest.mark.slow
+
+
+def _run_checks(root: Path, instance) -> dict[tuple[str, str], tuple[bool, dict]]:
+    defs = build_definitions(root)
+    result = materialize(
+        [*defs.assets, *defs.asset_checks],
+        instance=instance,
+        selection=AssetSelection.all_asset_checks(),
+    )
+    return {
+        (e.asset_key.to_user_string(), e.check_name): (e.passed, e.metadata)
+        for e in result.get_asset_check_evaluations()
+    }
+
+
+def test_checks_pass_after_a_run_and_explain_staleness(project: Path, tmp_path: Path):
+    sh("dvc", "repro", cwd=project)
+    instance = temp_instance(tmp_path / "dagster_home")
+    results = _run_checks(project, instance)
+    expected = {(s.name, "in_sync_with_dvc_lock") for s in STAGES} | {
+        (s.name, c.name) for s in STAGES for c in s.checks
+    }
+    assert set(results) == expected
+    assert all(passed for passed, _ in results.values())
+
+    set_params(project, dedup={"shingle_size": 4})
+    passed, metadata = _run_checks(project, instance)[("dedup", "in_sync_with_dvc_lock")]
+    assert not passed
+    assert "param dedup.shingle_size: 5 -> 4" in metadata["why_stale"].value
+
+
+def test_metric_check_fails_on_bad_metrics(project: Path, tmp_path: Path):
+    sh("dvc", "repro", "ingest", cwd=project)
+    metrics = project / "reports" / "ingest" / "metrics.json"
+    metrics.write_text(metrics.read_text().replace('"read": ', '"read": 1'))  # breaks the sum
+    results = _run_checks(project, temp_instance(tmp_path / "dagster_home"))
+    assert results[("ingest", "counts_reconcile")][0] is False
+    assert results[("ingest", "corpus_not_empty")][0] is True
+    assert results[("signals", "one_row_per_document")][0] is False  # never run: no metrics
