@@ -158,9 +158,19 @@ def webserver(root: Path, dagster_home: Path, port: int | None = None):
             time.sleep(0.5)
         yield DagsterClient(url)
     finally:
-        os.killpg(proc.pid, 15)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
+        _stop(proc)
         log.close()
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Terminate the webserver's whole process group (it may have exited already)."""
+    for sig, wait in ((15, 20), (9, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue

@@ -76,3 +76,11 @@ def test_registry_rules():
             (Stage(name="b", description="", code=(), out="data/b", deps=("data/a",)), a)
         )
     check_registry()
+
+
+def test_instance_settings_template_is_valid(tmp_path):
+    from dagster import DagsterInstance
+
+    (tmp_path / "dagster.yaml").write_text((REPO / "orchestration" / "dagster.yaml").read_text())
+    with DagsterInstance.from_config(str(tmp_path)) as instance:
+        assert instance.run_coordinator is not None
