@@ -36,3 +36,9 @@ def test_why_names_the_changed_param_and_input(project: Path):
     sh("dvc", "repro", "--single-item", "ingest", cwd=project)
     proc = sh("python", "-m", "orchestration", "why", "signals", cwd=project, check=False)
     assert "input changed: data/ingest (new output of ingest)" in proc.stdout
+
+
+def test_dagster_loads_from_the_project_root(project: Path):
+    """`dagster dev` finds the definitions through `[tool.dagster]` in pyproject.toml."""
+    proc = sh("dagster", "definitions", "validate", cwd=project, env={"DAGSTER_HOME": ""})
+    assert "Validation successful for code location slm_pipeline" in proc.stdout + proc.stderr
