@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -71,8 +72,6 @@ class StageContext:
 
     @property
     def workers(self) -> int:
-        import os
-
         return self.runtime.workers or len(os.sched_getaffinity(0))
 
     def progress(self, items: Iterable[T], total: int | None, desc: str) -> Iterator[T]:
