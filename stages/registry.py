@@ -161,6 +161,32 @@ STAGES: tuple[Stage, ...] = (
             ),
         ),
     ),
+    Stage(
+        name="tokenize",
+        description="SentencePiece tokenizer (HF format) and packed train/validation/eval tokens.",
+        code=("stages/tokenize",),
+        deps=("data/dedup", "data/ingest"),
+        params=("base.seed", "tokenize"),
+        out="data/tokenize",
+        metrics=("reports/tokenize/metrics.json",),
+        checks=(
+            MetricCheck(
+                "splits_not_empty",
+                "train and eval hold packed sequences",
+                lambda m: (
+                    m["splits"]["train"]["sequences"] > 0 and m["splits"]["eval"]["sequences"] > 0
+                ),
+            ),
+            MetricCheck(
+                "tokens_reconcile",
+                "per split, sequences x seq_len = tokens + pad tokens",
+                lambda m: all(
+                    s["sequences"] * m["seq_len"] == s["tokens"] + s["pad_tokens"]
+                    for s in m["splits"].values()
+                ),
+            ),
+        ),
+    ),
 )
 
 

@@ -82,6 +82,7 @@ TINY = {
         ],
         "heldout_min_per_domain": 5,
     },
+    "tokenize": {"vocab_size": 1024},
 }
 
 

@@ -44,13 +44,14 @@ def test_dagster_first(project: Path, tmp_path: Path):
     set_params(project, **NOOP_EDIT)
     assert dagster_unsynced(project, instance) == {"filter"} == dvc_changed(project)
     ran = _rerun_unsynced_and_downstream(project, instance)
-    assert ran == {"filter": True, "dedup": False}  # early cutoff: same bytes, dedup not re-run
+    # early cutoff: filter wrote the same bytes, so nothing downstream re-runs
+    assert ran == {"filter": True, "dedup": False, "tokenize": False}
     assert dagster_unsynced(project, instance) == set() == dvc_changed(project)
 
     set_params(project, **REAL_EDIT)
     assert dagster_unsynced(project, instance) == {"filter"} == dvc_changed(project)
     ran = _rerun_unsynced_and_downstream(project, instance)
-    assert ran == {"filter": True, "dedup": True}
+    assert ran == {"filter": True, "dedup": True, "tokenize": True}
     assert dagster_unsynced(project, instance) == set() == dvc_changed(project)
     assert dvc_repro(project) == set()  # what Dagster ran is in dvc.lock: nothing to do
     assert pending_materializations(project, instance) == []  # and the sync sensor has nothing
@@ -67,7 +68,7 @@ def test_dvc_first(project: Path, tmp_path: Path):
     assert dagster_unsynced(project, instance) == {"filter"} == dvc_changed(project)
     assert dvc_repro(project) == {"filter"}  # DVC's early cutoff: dedup's input bytes unchanged
     set_params(project, **REAL_EDIT)
-    assert dvc_repro(project) == {"filter", "dedup"}
+    assert dvc_repro(project) == {"filter", "dedup", "tokenize"}
 
     assert dagster_unsynced(project, instance) == {"filter"}  # not yet told about DVC's runs
     list(sync_to_instance(project, instance))
