@@ -8,10 +8,14 @@ real work) with 5-word shingles and 14 bands x 8 rows. Ours also computes all it
 (language, toxicity, textbook score, FineWeb, code) and SoftDedup weights on the way. Each side
 runs in its own process tree with the same worker count; peak memory is the largest total RSS of
 that tree. Agreement: share of documents on which both sides decide the same (keep or remove),
-and the Jaccard similarity of the removed sets. Which copy of a duplicate survives differs by
-design (datatrove: the first read; ours: the longest, then smallest doc_id), so dedup agreement
-is also measured on the injected pairs (does each side collapse the pair or keep both), by their
-true Jaccard: near the LSH threshold (~0.72) any MinHash dedup decides by chance.
+and the Jaccard similarity of the removed sets. Kept sets are compared like for like: ours runs
+with `dedup.keep: first` (its default, `longest`, keeps the longest copy), so both sides keep the
+copy read first, i.e. the smallest (shard, row) position. Both read the same shards in the same
+order (sorted shard names; datatrove task i reads shard i, its (file, doc) ids are that order),
+which the benchmark checks (`same_document_order`). Cluster-level agreement is the share of
+injected duplicate pairs that both sides collapse (not both copies kept), whichever copy they
+keep; pair agreement is also broken down by true Jaccard, since near the LSH threshold (~0.72)
+any MinHash dedup decides by chance.
 
     python bench/curation_throughput.py [--docs 50000] [--workers 2] [--workdir DIR]
 
@@ -110,6 +114,7 @@ def run_ours(root: Path, workers: int) -> dict:
     params["runtime"] = {**params["runtime"], "workers": workers, "progress": False,
                          "log_level": "WARNING"}
     params["filter"]["apply"] = {"prose": SAME_RULES, "code": SAME_RULES}
+    params["dedup"]["keep"] = "first"  # datatrove keeps the copy it reads first
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     registry.STAGES = tuple(s for s in registry.STAGES if s.name in ("signals", "filter", "dedup"))
     times = {}
@@ -203,6 +208,12 @@ def agreement(ours: list[str], theirs: list[str], universe: set[str]) -> tuple[f
     return 1 - len(a ^ b) / len(universe), len(a & b) / max(1, len(a | b))
 
 
+def in_order(ids: list[str], position: dict[str, int]) -> bool:
+    """Whether `ids` (a side's output, shard by shard) follow the input corpus order."""
+    at = np.array([position[i] for i in ids])
+    return bool(np.all(np.diff(at) > 0))
+
+
 def jaccard(a: str, b: str) -> float:
     """Exact Jaccard of the two texts' 5-word shingle sets (our normalisation)."""
     from stages.textstats import normalized_hashes, shingle_rows
@@ -251,6 +262,10 @@ def main() -> None:
             collapsed = sum(not (a in kept and b in kept) for a, b in found)
             figures[f"{side}_injected_{kind}_pairs_collapsed"] = f"{collapsed}/{len(found)}"
     figures["speedup"] = round(t_theirs / t_ours, 2)
+    figures["ours_dedup_keep"] = "first (as datatrove: earliest shard/row of each cluster)"
+    position = {d: k for k, d in enumerate(doc_ids(corpus))}
+    figures["same_document_order"] = all(in_order(res[key], position) for res in (ours, theirs)
+                                         for key in ("filtered", "deduped"))
     for step, key in (("filter", "filtered"), ("dedup", "deduped")):
         same, removed_jaccard = agreement(ours[key], theirs[key], universe)
         figures[f"{step}_agreement"] = round(same, 4)
@@ -261,6 +276,14 @@ def main() -> None:
         j = jaccard(texts[a], texts[b])
         band = "J>=0.8" if j >= 0.8 else "0.5<=J<0.8" if j >= 0.5 else "J<0.5"
         bands[band].append((a, b))
+    injected_pairs = [p for found in injected.values() for p in found]
+    collapsed = [[not (a in k and b in k) for k in both] for a, b in injected_pairs]
+    both_collapse = sum(x and y for x, y in collapsed)
+    either = sum(x or y for x, y in collapsed)
+    figures["dedup_cluster_agreement"] = round(both_collapse / max(1, len(injected_pairs)), 4)
+    figures["dedup_cluster_agreement_detail"] = (
+        f"{both_collapse}/{len(injected_pairs)} injected pairs collapsed by both "
+        f"({both_collapse}/{either} of those collapsed by either)")
     for band, pairs in bands.items():
         same = sum(len({(a in k and b in k) for k in both}) == 1 for a, b in pairs)
         figures[f"dedup_injected_pair_agreement_{band}"] = f"{same}/{len(pairs)}"

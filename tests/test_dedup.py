@@ -181,3 +181,39 @@ def test_dedup_is_deterministic_across_runs_and_workers(truth):
 def test_params_reject_bands_that_do_not_fit():
     with pytest.raises(ValueError, match="exceeds num_perm"):
         Params(num_perm=64, bands=14, rows=8)
+
+
+@pytest.mark.parametrize("keep", ["first", "longest"])
+def test_keep_chooses_the_first_or_the_longest_member(tmp_path, keep):
+    """`first` keeps the earliest member in input order (shard, then row); `longest` the longest.
+
+    In each group the earliest member is the shorter one and sits in an earlier shard."""
+    docs = distinct_docstrings(212, 40)
+    exact_text, near_text = docs[0], docs[1]
+    longer_near = near_text + " " + " ".join(docs[2].split()[:4])
+    assert jaccard(near_text, longer_near) >= 0.85
+    groups = {
+        "exact": (row(exact_text, "exact-early"), row(exact_text.replace(" ", "   "),
+                                                       "exact-late")),
+        "near": (row(near_text, "near-early"), row(longer_near, "near-late")),
+    }
+    others = [row(t, f"other{i}") for i, t in enumerate(docs[3:])]
+    # 2 shards of 200 rows: the early members in shard 0, the late ones in shard 1
+    corpus = (others[:5] + [groups["exact"][0]] + others[5:10] + [groups["near"][0]]
+              + others[10:205] + [groups["near"][1], groups["exact"][1]] + others[205:])
+    assert len(corpus) > 202
+    root = make_root(tmp_path, corpus, into="filter", dedup={**FAST_LM, "keep": keep})
+    (m,) = run(root, "dedup")
+    assert m["exact_duplicates_removed"] == 1 and m["near_duplicates_removed"] == 1
+    kept = set(read_dir(root / "data/dedup/corpus")["doc_id"].to_pylist())
+    for early, late in groups.values():
+        assert len(late["text"]) > len(early["text"])
+        survivor = early if keep == "first" else late
+        assert survivor["doc_id"] in kept
+        assert ({early["doc_id"], late["doc_id"]} - {survivor["doc_id"]}).isdisjoint(kept)
+
+
+def test_params_keep_defaults_to_longest_and_rejects_others():
+    assert Params().keep == "longest"
+    with pytest.raises(ValueError):
+        Params(keep="last")

@@ -190,3 +190,67 @@ def test_toxicity_classifier_is_pluggable_by_name(tmp_path):
     root2 = make_root(tmp_path / "bad", [row("x", "0")], signals={"toxicity_classifier": "nope"})
     with pytest.raises(ParamsError, match="toxicity_classifier"):
         run(root2, "signals")
+
+
+def _reference_c4_and_line_counts(text: str, short: int) -> tuple[int, ...]:
+    """C4 line rules and FineWeb/code line counts, one line at a time with no shortcuts."""
+    import re
+
+    from stages.signals.heuristics import C4_END, C4_POLICY, TERMINAL
+
+    citation = re.compile(r"\[\d*]|\[edit]|\[citation needed]")
+    sentence_end = re.compile(r"[.!?]+['\")\]]*(?=\s+[\"'(\[]?[A-Z0-9]|\s*$)")
+    kept = sentences = js = policy = lorem = curly = 0
+    for line in text.splitlines():
+        line = line.strip()
+        words = line.split()
+        if len(line) > 1000 and any(len(w) > 1000 for w in words):
+            continue
+        line = citation.sub("", line)
+        if not line.endswith(C4_END) or line.endswith("...") or len(words) < 3:
+            continue
+        low = line.lower()
+        lorem |= "lorem ipsum" in low
+        if "javascript" in low:
+            js += 1
+            continue
+        curly |= "{" in line
+        if any(p in low for p in C4_POLICY):
+            policy += 1
+            continue
+        kept += 1
+        sentences += max(1, len(sentence_end.findall(line)))
+    fw = [line for line in text.split("\n") if line.strip()]
+    lines = text.splitlines()
+    return (kept, sentences, js, policy, int(lorem), int(curly),
+            sum(1 for line in fw if line.endswith(TERMINAL)),
+            sum(1 for line in fw if len(line) <= short),
+            max((len(line) for line in lines), default=0), sum(len(line) for line in lines))
+
+
+def test_line_counts_shortcuts_match_a_plain_reference():
+    """The per-line shortcuts (lines that cannot pass C4's end test skip it) change nothing."""
+    from stages.signals.heuristics import LINE_COUNTS, line_counts
+
+    crafted = [
+        "A line ending in a citation, then stripped of it. [1]\nShort one. [edit]\nno end",
+        "Two words. [citation needed]\nThree words here [2]\nIt ends with javascript here.",
+        "We use cookies on this site, see our privacy policy.\nSee {braces} in this line.",
+        "Lorem ipsum dolor sit amet.\n" + "x" * 1200 + " end.\n" + "y " * 600 + "z.",
+        "", "\n\n", "only [brackets] inside, no end", EXPLANATION, CODE,
+    ]
+    fields = ("c4_kept_lines", "c4_sentences", "c4_javascript_lines", "c4_policy_lines",
+              "c4_lorem_ipsum", "c4_curly_bracket", "fw_punct_lines", "fw_short_lines",
+              "max_line_length", "line_chars")
+    at = [LINE_COUNTS.index(f) for f in fields]
+    for text in crafted + list(docstrings()[:300]) + list(code_chunks()[:100]):
+        got = line_counts(text, 30)
+        assert tuple(got[i] for i in at) == _reference_c4_and_line_counts(text, 30), text[:80]
+
+
+def test_textbook_code_explained_needs_code_and_two_sentences():
+    prose = "It adds numbers. It returns the sum. It is fast."
+    code = "\n>>> add(1, 2)\n3\n"
+    scores = signals(prose + code, "It adds numbers." + code, prose, code)["textbook_score"]
+    # only the first has code beside two sentences: +0.10 over the one-sentence variant
+    assert scores[0] > scores[1] and scores[0] - scores[2] >= 0.1 - 1e-9

@@ -9,7 +9,9 @@ In order, each step on what the previous one kept:
    signature agreement >= `jaccard_threshold`, then union-find, so chains A~B~C collapse even when
    A and C are not similar;
 4. SoftDedup weights for the survivors (see `softdedup`), a `weight` column of the output.
-In every duplicate group the longest document is kept (ties: smallest doc_id).
+Which member of a duplicate group is kept is `keep`: `longest` (default; ties: smallest doc_id)
+or `first`, the earliest in input order (shard order, then row order), which is what datatrove's
+MinHash dedup keeps.
 
 Memory: per document only its signature and a few scalars stay in memory (the LSH index); texts
 are streamed shard by shard, and tokens go through scratch files between passes.
@@ -22,6 +24,7 @@ import shutil
 import unicodedata
 from functools import partial
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -75,6 +78,9 @@ class Params(StrictModel):
     rows: int = Field(8, ge=1, description="signature rows per LSH band")
     jaccard_threshold: float = Field(0.7, ge=0, le=1, description="verified-pair minimum")
     decontam_ngram: int = Field(13, ge=1, description="n-gram length matched against held-out")
+    keep: Literal["longest", "first"] = Field(
+        "longest", description="member kept per duplicate group: `longest` (ties: smallest "
+        "doc_id) or `first`, the earliest in input order (shard, then row; datatrove's choice)")
     softdedup: SoftDedup = SoftDedup()
     examples: int = Field(5, ge=0, description="examples per duplicate kind in the report")
     example_chars: int = Field(300, ge=1, description="text characters per example")
@@ -210,8 +216,11 @@ def _run(params: Params, ctx, pool: Workers) -> dict:
     cat = {k: np.concatenate([v, *(s[k] for s in scanned)]) for k, v in _empty(params).items()
            if k not in ("h", "counts")}
     n, index = len(doc_ids), np.arange(len(doc_ids))
-    rank = np.empty(n, dtype=np.int64)  # keep order: longest first, then smallest doc_id
-    rank[np.lexsort((doc_ids.astype(str), -cat["n_chars"]))] = index
+    if params.keep == "first":  # input order: shards by name, rows in order
+        rank = index.copy()
+    else:  # longest first, then smallest doc_id
+        rank = np.empty(n, dtype=np.int64)
+        rank[np.lexsort((doc_ids.astype(str), -cat["n_chars"]))] = index
 
     contaminated = cat["hits"] > 0
     alive = np.flatnonzero(~contaminated)

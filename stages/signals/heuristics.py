@@ -58,13 +58,13 @@ def _duplicates(items: list[str]) -> tuple[int, int]:
 
 def _c4_line(line: str, counts: list[int]) -> None:
     """One line through C4's line filters, in datatrove's order (kept, sentences, js, policy...)."""
-    words = line.split()
-    if len(line) > 1000 and any(len(w) > 1000 for w in words):
+    raw = line  # words are counted before citations are removed, as datatrove does
+    if len(line) > 1000 and any(len(w) > 1000 for w in line.split()):
         return
     if "[" in line:
         line = _CITATION.sub("", line)
-    if not line.endswith(C4_END) or line.endswith("...") or len(words) < 3:
-        return
+    if not line.endswith(C4_END) or line.endswith("...") or len(raw.split()) < 3:
+        return  # most lines end here: split only the lines that get this far
     low = line.lower()
     if "lorem ipsum" in low:
         counts[4] = 1
@@ -112,17 +112,19 @@ def line_counts(text: str, short_line_length: int) -> tuple[int, ...]:
             bullets += 1
         if s.endswith(ELLIPSES):
             ellipsis_end += 1
-        _c4_line(s, c4)
+        if "[" in s or s.endswith(C4_END):  # any other line fails C4's end-punctuation test
+            _c4_line(s, c4)
     paragraphs = _PARAGRAPHS.split(text.strip())
     rep_lines = _LINES.split(text)
     fw_lines = [line for line in text.split("\n") if line.strip()]
+    line_lengths = list(map(len, lines))
     return (
         len(text), len(lines), bullets, ellipsis_end, text.count("#"),
         text.count("...") + text.count("…"), *c4, len(paragraphs), *_duplicates(paragraphs),
         len(rep_lines), *_duplicates(rep_lines), len(fw_lines),
-        sum(line.endswith(TERMINAL) for line in fw_lines),
-        sum(len(line) <= short_line_length for line in fw_lines), _duplicates(fw_lines)[1],
-        text.count("\n"), max(map(len, lines), default=0), sum(map(len, lines)),
+        sum([line.endswith(TERMINAL) for line in fw_lines]),
+        sum([n <= short_line_length for n in map(len, fw_lines)]), _duplicates(fw_lines)[1],
+        text.count("\n"), max(line_lengths, default=0), sum(line_lengths),
         _comment_chars(lines),
     )
 

@@ -19,6 +19,7 @@ It is a heuristic, not a validated classifier: use it to rank, not as an absolut
 from __future__ import annotations
 
 import re
+from itertools import islice
 
 import numpy as np
 
@@ -50,14 +51,20 @@ def _sat(x: np.ndarray, full: float) -> np.ndarray:
     return np.clip(np.asarray(x, dtype=np.float64) / full, 0.0, 1.0)
 
 
+def _sentences(text: str) -> int:
+    """Prose sentences, counted up to 2: all that `code_explained` asks (only with code lines)."""
+    return sum(1 for _ in islice(_PROSE_SENTENCE.finditer(text), 2))
+
+
 def score(texts: list[str], tokens: Tokens, dup_5gram_char_frac: np.ndarray) -> np.ndarray:
     words = tokens.per_doc(tokens.is_word)
     denom = np.maximum(words, 1)
     cues = tokens.per_doc(tokens.vocab_map(CUE_WORDS.__contains__, bool, tokens.lower))
     function = tokens.per_doc(tokens.vocab_map(FUNCTION_WORDS.__contains__, bool, tokens.lower))
     per_doc = np.array(
-        [(len(_DEFINITION.findall(t)), len(_CODE_LINE.findall(t)), len(_STEP_LINE.findall(t)),
-          t.strip().count("\n\n"), len(_PROSE_SENTENCE.findall(t))) for t in texts],
+        [(len(_DEFINITION.findall(t)), code := len(_CODE_LINE.findall(t)),
+          len(_STEP_LINE.findall(t)), t.strip().count("\n\n"), _sentences(t) if code else 0)
+         for t in texts],
         dtype=np.float64,
     ).reshape(len(texts), 5)
     definitions, code_lines, steps, breaks, sentences = per_doc.T

@@ -90,7 +90,7 @@ def normal_form(token: str) -> str:
 
 def is_word(token: str) -> bool:
     """A token with at least one letter or digit (not a punctuation/symbol token)."""
-    return any(c.isalnum() for c in token)
+    return token.isalnum() or any(c.isalnum() for c in token)  # fast path: all alnum
 
 
 def normalized_hashes(texts: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
