@@ -15,6 +15,8 @@ from pathlib import Path
 
 import requests
 
+from orchestration.dvc_cli import venv_env
+
 LAUNCH = """
 mutation Launch($params: ExecutionParams!) {
   launchPipelineExecution(executionParams: $params) {
@@ -115,12 +117,7 @@ def webserver(root: Path, dagster_home: Path, port: int | None = None):
             "  class: DefaultRunCoordinator\ntelemetry:\n  enabled: false\n"
         )
     bindir = Path(sys.executable).parent
-    env = {
-        **os.environ,
-        "DAGSTER_HOME": str(dagster_home),
-        "PIPELINE_ROOT": str(root),
-        "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}",
-    }
+    env = {**venv_env(), "DAGSTER_HOME": str(dagster_home), "PIPELINE_ROOT": str(root)}
     log = open(dagster_home / "webserver.log", "w")
     proc = subprocess.Popen(
         [

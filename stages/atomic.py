@@ -58,9 +58,9 @@ def write_json(final: Path, obj: Any) -> None:
     write_bytes(final, canonical_json(obj).encode() + b"\n")
 
 
-def canonical_json(obj: Any, indent: int | None = 2) -> str:
+def canonical_json(obj: Any) -> str:
     """Stable JSON: sorted keys, no NaN, fixed separators; the same value gives the same bytes."""
-    return json.dumps(obj, sort_keys=True, indent=indent, allow_nan=False, ensure_ascii=False)
+    return json.dumps(obj, sort_keys=True, indent=2, allow_nan=False, ensure_ascii=False)
 
 
 def _remove(path: Path) -> None:

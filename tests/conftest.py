@@ -5,14 +5,14 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from orchestration.dvc_cli import venv_env
+
 REPO = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 EXCLUDE_TOP = {"data", "reports", "dvc.lock", ".dagster_home", "docs"}
 
 
@@ -20,8 +20,7 @@ def sh(
     *cmd: str, cwd: Path, check: bool = True, env: dict | None = None
 ) -> subprocess.CompletedProcess:
     """Run a command with this interpreter's bin dir first on PATH (so `python`/`dvc` are ours)."""
-    full_env = {**os.environ, **(env or {})}
-    full_env["PATH"] = f"{BIN}{os.pathsep}{full_env.get('PATH', '')}"
+    full_env = {**venv_env(), **(env or {})}
     proc = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True)
     if check and proc.returncode != 0:
         raise AssertionError(

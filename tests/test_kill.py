@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from orchestration import ledger
+from orchestration.dvc_cli import venv_env
 from stages.registry import stage
 from tests.conftest import set_params, sh
 from tests.pipeline_helpers import dvc_changed
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 def _kill_when_writing(cmd: list[str], root: Path, out: Path) -> None:
     """Start `cmd`, SIGKILL its whole process group once the stage's temp output appears."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = venv_env()
     proc = subprocess.Popen(
         cmd,
         cwd=root,

@@ -84,3 +84,13 @@ def test_instance_settings_template_is_valid(tmp_path):
     (tmp_path / "dagster.yaml").write_text((REPO / "orchestration" / "dagster.yaml").read_text())
     with DagsterInstance.from_config(str(tmp_path)) as instance:
         assert instance.run_coordinator is not None
+
+
+def test_persistent_outputs_and_gpu_flag_reach_both_front_ends():
+    s = Stage(name="train", description="", code=(), out="models/x", persist=("ckpt/x",), gpu=True)
+    entry = dvc_yaml.stage_entry(s, REPO)
+    assert entry["outs"] == ["models/x", {"ckpt/x": {"persist": True}}]
+    from assets.stage_assets import GPU_POOL, build_stage_asset
+
+    assert build_stage_asset(s, REPO, {}).op.pool == GPU_POOL
+    assert build_stage_asset(STAGES[0], REPO, {"base": {"seed": 0}, "ingest": {}}).op.pool is None
