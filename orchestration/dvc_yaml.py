@@ -15,12 +15,20 @@ def stage_entry(stage: Stage, root: Path) -> dict:
     entry: dict = {"cmd": stage.cmd, "deps": [*stage.code_files(root), *stage.deps]}
     if stage.params:
         entry["params"] = list(stage.params)
-    entry["outs"] = [stage.out] + [{p: {"persist": True}} for p in stage.persist]
+    # Checkpoints are state, not data: kept across runs, not stored in the DVC cache.
+    entry["outs"] = [stage.out] + [{p: {"persist": True, "cache": False}} for p in stage.persist]
     if stage.metrics:
         entry["metrics"] = [{m: {"cache": False}} for m in stage.metrics]
     if stage.plots:
-        entry["plots"] = [{p: {"cache": False}} for p in stage.plots]
+        entry["plots"] = [{p: _plot_options(stage, p)} for p in stage.plots]
     return entry
+
+
+def _plot_options(stage: Stage, path: str) -> dict:
+    options: dict = {"cache": False}
+    if stage.plot_x and not path.endswith(".png"):
+        options["x"] = stage.plot_x
+    return options
 
 
 def render(root: Path = ROOT) -> str:

@@ -1,11 +1,12 @@
-"""CLI: `python -m stages run <stage>` (what dvc.yaml and Dagster both run), `list`, `check`."""
+"""CLI: `python -m stages run <stage>` (what dvc.yaml and Dagster both run), `list`, `check`,
+`profile <name>` (merge profiles/<name>.yaml into params.yaml)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from stages import params
+from stages import params, profiles
 from stages.registry import ROOT, STAGES
 from stages.runner import StageInputError, run_stage
 
@@ -17,10 +18,15 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("stage", choices=[s.name for s in STAGES])
     sub.add_parser("list", help="list the stages in lineage order")
     sub.add_parser("check", help="validate params.yaml")
+    prof = sub.add_parser("profile", help="merge profiles/<name>.yaml into params.yaml")
+    prof.add_argument("name", choices=profiles.available(ROOT))
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
             run_stage(args.stage, ROOT)
+        elif args.command == "profile":
+            profiles.apply(ROOT, args.name)
+            print(f"params.yaml: profile {args.name} applied")
         elif args.command == "check":
             params.load(ROOT)
             print("params.yaml: ok")

@@ -35,6 +35,9 @@ class Runtime(StrictModel):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     progress: bool = True
+    train_processes: int = Field(
+        1, ge=1, description="training processes (accelerate launch: gloo on CPU, one per GPU)"
+    )
     s3_endpoint_url: str | None = Field(
         None, description="S3-compatible endpoint for s3:// sources (else AWS_ENDPOINT_URL or AWS)"
     )

@@ -41,7 +41,8 @@ class Stage:
     deps: tuple[str, ...] = ()  # data it reads: outs of earlier stages (or external paths)
     params: tuple[str, ...] = ()  # params.yaml keys (sections or dotted keys) it depends on
     metrics: tuple[str, ...] = ()  # small JSON metrics, kept in git, not in the DVC cache
-    plots: tuple[str, ...] = ()  # PNG plots, kept in git
+    plots: tuple[str, ...] = ()  # PNG images or JSON/CSV data plots, kept in git
+    plot_x: str | None = None  # x-axis field of the data plots (DVC's default: row index)
     persist: tuple[str, ...] = ()  # state kept across runs (resumable checkpoints)
     gpu: bool = False  # runs in the GPU concurrency pool
     checks: tuple[MetricCheck, ...] = ()  # sanity checks on the metrics after each run
@@ -184,6 +185,34 @@ STAGES: tuple[Stage, ...] = (
                     s["sequences"] * m["seq_len"] == s["tokens"] + s["pad_tokens"]
                     for s in m["splits"].values()
                 ),
+            ),
+        ),
+    ),
+    Stage(
+        name="pretrain",
+        description="Phase-1 MoE pretraining on the packed tokens; exact resume from checkpoints.",
+        code=("stages/pretrain", "stages/model", "stages/tokenize/pack.py"),
+        deps=("data/tokenize",),
+        params=(
+            "base.seed", "pretrain.model", "pretrain.precision", "pretrain.optimizer",
+            "pretrain.schedule", "pretrain.batch", "pretrain.train_tokens", "pretrain.sampling",
+            "pretrain.compile", "pretrain.log_every", "pretrain.eval",
+        ),
+        out="data/pretrain",
+        metrics=("reports/pretrain/metrics.json",),
+        plots=(
+            "reports/pretrain/loss.png",
+            "reports/pretrain/train_curve.json",
+            "reports/pretrain/eval_curve.json",
+        ),
+        plot_x="tokens",
+        persist=("checkpoints/pretrain",),
+        gpu=True,
+        checks=(
+            MetricCheck(
+                "loss_finite_and_learning",
+                "held-out bits per byte is finite and below its value at initialisation",
+                lambda m: m["eval_bpb"] == m["eval_bpb"] and m["eval_bpb"] < m["eval_bpb_at_init"],
             ),
         ),
     ),

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from orchestration.dvc_cli import venv_env
+from stages.profiles import merge
 
 REPO = Path(__file__).resolve().parent.parent
 EXCLUDE_TOP = {"data", "reports", "dvc.lock", ".dagster_home", "docs"}
@@ -54,35 +55,11 @@ def set_params(root: Path, **sections) -> None:
     """Deep-merge the given sections into root/params.yaml."""
     path = root / "params.yaml"
     data = yaml.safe_load(path.read_text())
-
-    def merge(base: dict, extra: dict) -> dict:
-        for key, value in extra.items():
-            if isinstance(value, dict) and isinstance(base.get(key), dict):
-                merge(base[key], value)
-            else:
-                base[key] = value
-        return base
-
     path.write_text(yaml.safe_dump(merge(data, sections), sort_keys=False))
 
 
-# A tiny built-in corpus: enough real text for every stage, seconds to process.
-TINY = {
-    "runtime": {"workers": 1, "progress": False},
-    "ingest": {
-        "sources": [
-            {
-                "name": "builtin-prose",
-                "kind": "builtin",
-                "parts": ["pydoc_topics", "docstrings"],
-                "max_docs": 400,
-            },
-            {"name": "builtin-code", "kind": "builtin", "parts": ["stdlib_code"], "max_docs": 30},
-        ],
-        "heldout_min_per_domain": 5,
-    },
-    "tokenize": {"vocab_size": 1024},
-}
+# The tiny profile: enough real text for every stage, seconds to process.
+TINY = yaml.safe_load((REPO / "profiles" / "tiny.yaml").read_text())
 
 
 def temp_instance(path: Path):

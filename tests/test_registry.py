@@ -89,7 +89,7 @@ def test_instance_settings_template_is_valid(tmp_path):
 def test_persistent_outputs_and_gpu_flag_reach_both_front_ends():
     s = Stage(name="train", description="", code=(), out="models/x", persist=("ckpt/x",), gpu=True)
     entry = dvc_yaml.stage_entry(s, REPO)
-    assert entry["outs"] == ["models/x", {"ckpt/x": {"persist": True}}]
+    assert entry["outs"] == ["models/x", {"ckpt/x": {"persist": True, "cache": False}}]
     from assets.stage_assets import GPU_POOL, build_stage_asset
 
     assert build_stage_asset(s, REPO, {}).op.pool == GPU_POOL

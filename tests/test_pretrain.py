@@ -1,0 +1,149 @@
+"""Pretrain stage on the tiny profile: the checkpoint loads with transformers and has learned,
+training resumes bit-identically after two SIGKILLs, incomplete or foreign checkpoints are never
+loaded, and two gloo processes give the loss of one at the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from orchestration.dvc_cli import venv_env
+from stages.model import load_training_model
+from stages.pretrain import CHECKPOINTS, OUT
+from stages.pretrain.checkpoint import complete, read_state
+from stages.runner import run_stage
+from tests.conftest import TINY, copy_project, set_params
+
+pytestmark = pytest.mark.slow
+UPSTREAM = ("ingest", "signals", "filter", "dedup", "tokenize")
+
+
+@pytest.fixture(scope="module")
+def tokens_project(tmp_path_factory) -> Path:
+    """A tiny-profile project with every stage before pretrain run (no DVC needed here)."""
+    root = copy_project(tmp_path_factory.mktemp("pretrain") / "project")
+    set_params(root, **TINY)
+    for name in UPSTREAM:
+        run_stage(name, root)
+    return root
+
+
+@pytest.fixture
+def project(tokens_project: Path, tmp_path: Path) -> Path:
+    """A private copy of the prepared project, so each test owns its checkpoints and outputs."""
+    dest = tmp_path / "project"
+    shutil.copytree(tokens_project, dest, symlinks=True)
+    return dest
+
+
+def _stage_cmd(root: Path, **popen) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "stages", "run", "pretrain"], cwd=root,
+                            env=venv_env(), start_new_session=True, **popen)
+
+
+def _run(root: Path) -> dict:
+    proc = _stage_cmd(root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out, _ = proc.communicate()
+    assert proc.returncode == 0, out
+    return json.loads((root / "reports/pretrain/metrics.json").read_text())
+
+
+def _kill_after_checkpoint(root: Path, newer_than: int) -> int:
+    """Start the stage; SIGKILL it as soon as a checkpoint newer than step `newer_than` is
+    complete. Returns that checkpoint's step."""
+    ckpts = root / CHECKPOINTS
+    proc = _stage_cmd(root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while True:
+        done = complete(ckpts)
+        if done and read_state(done[-1])["step"] > newer_than:
+            break
+        assert proc.poll() is None, "pretrain finished before it could be killed; make it longer"
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return read_state(done[-1])["step"]
+
+
+def test_checkpoint_loads_with_transformers_and_has_learned(project: Path):
+    metrics = _run(project)
+    out = project / OUT
+    hf = AutoModelForCausalLM.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    assert type(hf).__name__ == "Qwen2MoeForCausalLM"
+    assert hf.config.training_precision["mode"] == "fp32"
+    ids = tok("def add(a, b):\n    return a + b\n", return_tensors="pt").input_ids
+    ours = load_training_model(out).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids).logits, hf(ids).logits, rtol=1e-4, atol=1e-4)
+
+    assert metrics["steps"] == 12 and metrics["resumed_from_step"] == 0
+    assert metrics["eval_bpb"] < metrics["eval_bpb_at_init"]
+    assert metrics["train_loss"] < json.loads((out / "training.json").read_text())["curve"][0][
+        "train_loss"]
+    for rel in ("reports/pretrain/loss.png", "reports/pretrain/train_curve.json",
+                "reports/pretrain/eval_curve.json"):
+        assert (project / rel).stat().st_size > 0
+    evals = json.loads((project / "reports/pretrain/eval_curve.json").read_text())
+    assert [r["step"] for r in evals] == [0, 4, 8, 12]
+    assert len(complete(project / CHECKPOINTS)) == TINY["pretrain"]["checkpoint"]["keep_last"]
+
+
+def test_resume_after_two_sigkills_is_bit_identical(project: Path, tmp_path: Path):
+    long_run = {"train_tokens": 80 * 512, "eval": {"every_steps": 40},
+                "checkpoint": {"every_steps": 10}}
+    set_params(project, pretrain=long_run)
+    reference = tmp_path / "reference"
+    shutil.copytree(project, reference, symlinks=True)
+    _run(reference)
+
+    first = _kill_after_checkpoint(project, newer_than=0)
+    second = _kill_after_checkpoint(project, newer_than=first)
+    assert 0 < first < second < 80
+    assert not (project / OUT).exists()  # a killed run never publishes its output
+    metrics = _run(project)
+    assert metrics["resumed_from_step"] >= second
+    for name in ("model.safetensors", "training.json"):
+        assert (project / OUT / name).read_bytes() == (reference / OUT / name).read_bytes(), name
+
+
+def test_incomplete_and_foreign_checkpoints_are_never_loaded(project: Path):
+    _run(project)
+    ckpts = project / CHECKPOINTS
+    half = ckpts / ".step-00000099.tmp-12345"  # what a kill during a checkpoint write leaves
+    half.mkdir()
+    (half / "model.safetensors").write_bytes(b"\0" * 100)
+    set_params(project, pretrain={"optimizer": {"lr": 0.002}})  # another identity
+    metrics = _run(project)
+    assert metrics["resumed_from_step"] == 0  # the old run's checkpoints were not resumed
+    assert not half.exists()
+    assert {read_state(c)["step"] for c in complete(ckpts)} == {9, 12}
+
+
+def test_two_gloo_processes_match_one_at_the_same_global_batch(project: Path, tmp_path: Path):
+    two = tmp_path / "two"
+    shutil.copytree(project, two, symlinks=True)
+    set_params(two, runtime={"train_processes": 2})
+    one_metrics, two_metrics = _run(project), _run(two)
+    assert two_metrics["processes"] == 2 and one_metrics["processes"] == 1
+    one = json.loads((project / OUT / "training.json").read_text())
+    other = json.loads((two / OUT / "training.json").read_text())
+    for a, b in zip(one["curve"], other["curve"], strict=True):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
+    assert other["evals"][-1]["eval_loss"] == pytest.approx(one["evals"][-1]["eval_loss"],
+                                                            rel=1e-4)
+    w1 = load_training_model(project / OUT).state_dict()
+    w2 = load_training_model(two / OUT).state_dict()
+    for name, tensor in w1.items():
+        torch.testing.assert_close(w2[name], tensor, rtol=1e-3, atol=1e-4)

@@ -1,0 +1,86 @@
+"""Pretrain building blocks: batches are a pure function of (seed, step), SoftDedup sampling
+follows the weights, evaluation windows predict every token once, schedules have their shape."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from stages.pretrain.data import IGNORE, Split, eval_windows, global_batch
+from stages.pretrain.schedule import lr_multiplier
+from stages.tokenize.pack import DOCS_SCHEMA, PackWriter
+
+SEQ = 8
+
+
+def _split(tmp_path, docs: list[tuple[int, int, float]]) -> Split:
+    """A packed split of documents given as (n_tokens, n_bytes, weight); token ids count up."""
+    w = PackWriter(tmp_path / "s", SEQ, np.dtype("<u2"), eos_id=2, pad_id=3)
+    next_id = 10
+    for i, (n, b, weight) in enumerate(docs):
+        w.add(f"d{i}", list(range(next_id, next_id + n - 1)), b, weight)
+        next_id += n
+    w.close({})
+    return Split.open(tmp_path / "s")
+
+
+def test_batches_are_a_function_of_seed_and_step(tmp_path):
+    split = _split(tmp_path, [(SEQ, 10, 1.0)] * 10)
+    for sampling in ("uniform", "softdedup"):
+        a = [global_batch(split, s, 4, 7, sampling) for s in range(6)]
+        b = [global_batch(split, s, 4, 7, sampling) for s in reversed(range(6))][::-1]
+        assert all((x == y).all() for x, y in zip(a, b, strict=True))
+        assert not (global_batch(split, 0, 4, 8, sampling) == a[0]).all()
+
+
+def test_uniform_sees_every_sequence_once_per_epoch(tmp_path):
+    split = _split(tmp_path, [(SEQ, 10, 1.0)] * 10)  # 10 sequences
+    seen = np.concatenate([global_batch(split, s, 4, 0, "uniform") for s in range(5)])  # 2 epochs
+    assert sorted(seen[:10]) == list(range(10)) and sorted(seen[10:]) == list(range(10))
+
+
+def test_softdedup_sampling_follows_the_weights(tmp_path):
+    weights = [0.25, 0.25, 1.0, 2.5]
+    split = _split(tmp_path, [(SEQ, 10, w) for w in weights])
+    draws = np.concatenate([global_batch(split, s, 64, 0, "softdedup") for s in range(500)])
+    freq = np.bincount(draws, minlength=4) / len(draws)
+    np.testing.assert_allclose(freq, np.array(weights) / sum(weights), atol=0.01)
+
+
+def test_eval_windows_predict_every_token_but_the_first_once(tmp_path):
+    split = _split(tmp_path, [(5, 7, 1.0), (9, 11, 1.0), (6, 13, 1.0)])  # 20 tokens, 3 seqs
+    x, y, n_bytes = eval_windows(split, pad_id=3)
+    stream = np.asarray(split.tokens).reshape(-1)[:20]
+    predicted = y[y != IGNORE].tolist()
+    assert predicted == stream[1:].tolist() and n_bytes == 31
+    keep = y != IGNORE  # each target is the stream's next token after its input
+    pairs = list(zip(x[keep].tolist(), y[keep].tolist(), strict=True))
+    assert pairs == list(zip(stream[:-1].tolist(), stream[1:].tolist(), strict=True))
+
+
+def test_eval_byte_budget_keeps_leading_documents(tmp_path):
+    split = _split(tmp_path, [(5, 7, 1.0), (9, 11, 1.0), (6, 13, 1.0)])
+    x, y, n_bytes = eval_windows(split, pad_id=3, max_bytes=20)
+    assert n_bytes == 18 and (y != IGNORE).sum() == 5 + 9 - 1
+    assert eval_windows(split, pad_id=3, max_bytes=1)[2] == 7  # at least one document
+    docs = pq.read_table(split.dir / "docs.parquet")
+    assert docs.schema.equals(pa.schema(DOCS_SCHEMA)) and json.loads(
+        (split.dir / "index.json").read_text())["bytes"] == 31
+
+
+@pytest.mark.parametrize("kind", ["wsd", "cosine"])
+def test_schedules_warm_up_then_decay_to_the_floor(kind):
+    f = lr_multiplier(kind, total_steps=100, warmup_steps=10, min_lr_ratio=0.1,
+                      decay_fraction=0.2)
+    lrs = [f(s) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a <= b + 1e-12 for a, b in zip(lrs[:10], lrs[1:10], strict=False))
+    assert lrs[-1] == pytest.approx(0.1)
+    if kind == "wsd":
+        assert set(lrs[10:80]) == {1.0} and lrs[80] < 1.0
+    else:
+        assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
