@@ -4,8 +4,15 @@ An asset's code version is the hash of its command, code files and declared para
 data version is the md5 DVC records for the stage output in `dvc.lock`. Materializing runs the
 stage only when `dvc.lock` does not already match (or a refresh forces it), then `dvc commit`s the
 stage so that a following `dvc repro` has nothing to do.
+
+Crash retries (every stage, not only the `gpu` pool's: a killed worker is never a code bug): when a
+signal kills the stage's process or one of its training workers (`StageCrashed`), the asset raises
+Dagster's `RetryRequested` with `orchestration.crash_retries` / `crash_retry_wait_s`, and the
+retry logs which signal it was; pretrain resumes from its last checkpoint. Any other failure
+(exception, invalid params) fails the step at once and is never retried.
 """
 
+import base64
 import json
 import time
 from pathlib import Path
@@ -22,11 +29,12 @@ from dagster import (
     DataVersion,
     MaterializeResult,
     MetadataValue,
+    RetryRequested,
     asset,
     multi_asset_check,
 )
 
-from assets.stage_runner import run_streamed
+from assets.stage_runner import StageCrashed, run_streamed
 from orchestration import ledger
 from orchestration.dvc_cli import dvc
 from stages import params as params_mod
@@ -76,8 +84,54 @@ def _metrics(stage: Stage, root: Path) -> dict[str, Any]:
     return out
 
 
+def _png_markdown(name: str, path: Path) -> str:
+    """A markdown image with the PNG inline (a data URI), so the Dagster UI shows the plot."""
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f"![{name}](data:image/png;base64,{data})"
+
+
+def _plot_metadata(stage: Stage, root: Path) -> dict[str, Any]:
+    """PNG plots inline (`plot/<stem>`) and by path (`plot_path/<stem>`); data plots by path."""
+    out: dict[str, Any] = {}
+    for rel in stage.plots:
+        path = root / rel
+        if not path.exists():
+            continue
+        stem = Path(rel).stem
+        if path.suffix.lower() == ".png":
+            out[f"plot/{stem}"] = MetadataValue.md(_png_markdown(stem, path))
+        out[f"plot_path/{stem}"] = MetadataValue.path(rel)
+    return out
+
+
+def _run_or_retry(
+    context: AssetExecutionContext, stage: Stage, root: Path, orch: params_mod.Orchestration
+) -> float:
+    """Run the stage; on a crash ask Dagster for a retry (up to `orch.crash_retries`)."""
+    try:
+        return run_streamed(stage.cmd, root, context.log)
+    except StageCrashed as crash:
+        retries, wait = orch.crash_retries, orch.crash_retry_wait_s
+        if retries == 0:
+            raise
+        attempt = context.retry_number  # 0 on the first attempt
+        if attempt < retries:
+            resume = " (resumes from its last checkpoint)" if stage.persist else ""
+            context.log.warning(
+                f"{stage.name} crashed: {crash.cause}; retry {attempt + 1} of {retries} "
+                f"in {wait:g}s{resume}"
+            )
+        else:
+            context.log.error(f"{stage.name} crashed: {crash.cause}; no retries left ({retries})")
+        raise RetryRequested(max_retries=retries, seconds_to_wait=wait) from crash
+
+
 def materialize_stage(
-    context: AssetExecutionContext, stage: Stage, root: Path, force: bool
+    context: AssetExecutionContext,
+    stage: Stage,
+    root: Path,
+    force: bool,
+    orch: params_mod.Orchestration | None = None,
 ) -> MaterializeResult:
     started = time.monotonic()
     fp = ledger.fingerprint(stage, root)
@@ -87,7 +141,7 @@ def materialize_stage(
         reasons = fp.reasons or ("refresh requested (force=True)",)
         for reason in reasons:
             context.log.info(f"{stage.name} runs because: {reason}")
-        stage_seconds = run_streamed(stage.cmd, root, context.log)
+        stage_seconds = _run_or_retry(context, stage, root, orch or params_mod.Orchestration())
         dvc(root, "commit", "--force", "--quiet", stage.name)
         fp = ledger.fingerprint(stage, root)
         if not fp.current:
@@ -104,15 +158,15 @@ def materialize_stage(
         "stage_seconds": round(stage_seconds, 3),
         "cmd": stage.cmd,
         **_metrics(stage, root),
+        **_plot_metadata(stage, root),
     }
-    for rel in stage.plots:
-        if (root / rel).exists():
-            metadata[f"plot/{Path(rel).stem}"] = MetadataValue.path(rel)
     metadata["orchestration_seconds"] = round(time.monotonic() - started - stage_seconds, 3)
     return MaterializeResult(data_version=DataVersion(fp.data_version), metadata=metadata)
 
 
 def build_stage_asset(stage: Stage, root: Path, raw_params: dict[str, Any]):
+    orch = params_mod.Orchestration.model_validate(raw_params.get("orchestration") or {})
+
     @asset(
         name=stage.name,
         deps=[AssetKey(name) for name in upstream(stage)],
@@ -125,7 +179,7 @@ def build_stage_asset(stage: Stage, root: Path, raw_params: dict[str, Any]):
         metadata={"cmd": stage.cmd, "out": stage.out, "params": ", ".join(stage.params)},
     )
     def _stage_asset(context: AssetExecutionContext, config: StageRunConfig) -> MaterializeResult:
-        return materialize_stage(context, stage, root, config.force)
+        return materialize_stage(context, stage, root, config.force, orch)
 
     return _stage_asset
 

@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from stages import params as params_mod
 from stages.registry import Stage, producer_of
 
@@ -25,7 +23,7 @@ def read_lock(root: Path) -> dict[str, dict[str, Any]]:
     path = root / LOCK_FILE
     if not path.exists():
         return {}
-    data = yaml.safe_load(path.read_text()) or {}
+    data = params_mod.load_yaml(path.read_text()) or {}
     return data.get("stages", {})
 
 

@@ -11,8 +11,8 @@ import importlib
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from ruamel.yaml import YAMLError
 
 PARAMS_FILE = "params.yaml"
 
@@ -46,6 +46,15 @@ class Runtime(StrictModel):
 class Orchestration(StrictModel):
     refresh_cron: str = "0 3 * * 0"  # weekly, Sunday 03:00
     refresh_timezone: str = "UTC"
+    crash_retries: int = Field(
+        2,
+        ge=0,
+        description="Dagster retries of a stage whose process or training worker was killed by a "
+        "signal (OOM killer, SIGSEGV, preemption); errors are never retried",
+    )
+    crash_retry_wait_s: float = Field(
+        5.0, ge=0, description="seconds Dagster waits before retrying a crashed stage"
+    )
 
 
 SHARED_SECTIONS: dict[str, type[StrictModel]] = {
@@ -59,13 +68,21 @@ class ParamsError(ValueError):
     """params.yaml is missing, malformed or fails validation."""
 
 
+def load_yaml(text: str) -> Any:
+    """Parse YAML 1.2 as DVC does (ruamel), so `1e-08` is a float in params.yaml and dvc.lock
+    alike (PyYAML's YAML 1.1 reads it as a string)."""
+    from ruamel.yaml import YAML
+
+    return YAML(typ="safe", pure=True).load(text)
+
+
 def read_params(root: Path) -> dict[str, Any]:
     path = root / PARAMS_FILE
     if not path.exists():
         raise ParamsError(f"{path}: not found; every project needs a params.yaml at its root")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
+        data = load_yaml(path.read_text()) or {}
+    except YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise ParamsError(f"{path}: top level must be a mapping of sections")

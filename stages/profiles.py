@@ -11,7 +11,6 @@ import io
 from pathlib import Path
 from typing import Any
 
-import yaml
 from ruamel.yaml import YAML
 
 from stages import params
@@ -28,7 +27,7 @@ def read(root: Path, name: str) -> dict[str, Any]:
     if not path.exists():
         known = ", ".join(available(root))
         raise params.ParamsError(f"unknown profile {name!r}; profiles: {known}")
-    return yaml.safe_load(path.read_text()) or {}
+    return params.load_yaml(path.read_text()) or {}
 
 
 def merge(base: Any, extra: dict[str, Any]) -> Any:
@@ -54,5 +53,5 @@ def apply(root: Path, name: str) -> None:
     merge(doc, read(root, name))
     buf = io.StringIO()
     rt.dump(doc, buf)
-    params.validate(yaml.safe_load(buf.getvalue()) or {})
+    params.validate(params.load_yaml(buf.getvalue()) or {})
     path.write_text(buf.getvalue())

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from dagster import AssetSelection, materialize
+from dagster import AssetSelection, MarkdownMetadataValue, PathMetadataValue, materialize
 
 from orchestration.definitions import build_definitions
 from stages.registry import STAGES
@@ -27,6 +27,19 @@ def _run_checks(root: Path, instance) -> dict[tuple[str, str], tuple[bool, dict]
     }
 
 
+def _assert_plot_metadata(root: Path, instance) -> None:
+    """A PNG plot is embedded in the materialization metadata (markdown data URI) and linked."""
+    assets = build_definitions(root).assets
+    result = materialize(assets, instance=instance, selection=AssetSelection.assets("dedup"))
+    (mat,) = result.get_asset_materialization_events()
+    metadata = mat.materialization.metadata
+    assert metadata["executed"].value is False  # dvc.lock is current; plots still reported
+    plot = metadata["plot/weights"]
+    assert isinstance(plot, MarkdownMetadataValue)
+    assert plot.value.startswith("![weights](data:image/png;base64,iVBORw0KGgo")  # PNG magic
+    assert metadata["plot_path/weights"] == PathMetadataValue("reports/dedup/weights.png")
+
+
 def test_checks_pass_after_a_run_and_explain_staleness(project: Path, tmp_path: Path):
     sh("dvc", "repro", cwd=project)
     instance = temp_instance(tmp_path / "dagster_home")
@@ -36,6 +49,7 @@ def test_checks_pass_after_a_run_and_explain_staleness(project: Path, tmp_path: 
     }
     assert set(results) == expected
     assert all(passed for passed, _ in results.values())
+    _assert_plot_metadata(project, instance)
 
     set_params(project, dedup={"shingle_size": 4})
     passed, metadata = _run_checks(project, instance)[("dedup", "in_sync_with_dvc_lock")]
@@ -51,3 +65,19 @@ def test_metric_check_fails_on_bad_metrics(project: Path, tmp_path: Path):
     assert results[("ingest", "counts_reconcile")][0] is False
     assert results[("ingest", "corpus_not_empty")][0] is True
     assert results[("signals", "one_row_per_document")][0] is False  # never run: no metrics
+
+
+def test_png_plots_inline_data_plots_by_path(tmp_path: Path):
+    from assets.stage_assets import _plot_metadata
+    from stages.registry import Stage
+
+    s = Stage(
+        name="x", description="", code=(), out="data/x",
+        plots=("reports/x/loss.png", "reports/x/curve.json", "reports/x/missing.png"),
+    )  # fmt: skip
+    (tmp_path / "reports" / "x").mkdir(parents=True)
+    (tmp_path / "reports" / "x" / "loss.png").write_bytes(b"\x89PNG\r\n\x1a\nfake")
+    (tmp_path / "reports" / "x" / "curve.json").write_text("[]")
+    metadata = _plot_metadata(s, tmp_path)
+    assert set(metadata) == {"plot/loss", "plot_path/loss", "plot_path/curve"}
+    assert metadata["plot/loss"].value == "![loss](data:image/png;base64,iVBORw0KGgpmYWtl)"

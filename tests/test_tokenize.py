@@ -43,6 +43,9 @@ def _make_root(root, tokenize: dict):
     half = table.num_rows // 2  # two shards, like a multi-shard corpus
     pq.write_table(table.slice(0, half), corpus / "part-00000.parquet", row_group_size=50)
     pq.write_table(table.slice(half), corpus / "part-00001.parquet", row_group_size=50)
+    unweighted = root / "data/filter/corpus"  # the filtered corpus: no SoftDedup weights
+    unweighted.mkdir(parents=True)
+    pq.write_table(table.drop(["weight"]), unweighted / "part-00000.parquet")
     held = [row(t, f"held{i}") for i, t in enumerate(docstrings(30)[160:190])]
     held.append(row(NON_ASCII, "held-unicode"))
     (root / "data/ingest/heldout").mkdir(parents=True)
@@ -175,8 +178,8 @@ def test_deterministic(built, tmp_path):
 
 def test_too_large_vocab_is_a_clear_error(built, tmp_path):
     root = tmp_path / "c"
-    shutil.copytree(built["root"] / "data/dedup", root / "data/dedup")
-    shutil.copytree(built["root"] / "data/ingest", root / "data/ingest")
+    for out in ("dedup", "ingest", "filter"):
+        shutil.copytree(built["root"] / "data" / out, root / "data" / out)
     params = yaml.safe_load((built["root"] / "params.yaml").read_text())
     params["tokenize"]["vocab_size"] = 200_000
     (root / "params.yaml").write_text(yaml.safe_dump(params))
@@ -184,3 +187,11 @@ def test_too_large_vocab_is_a_clear_error(built, tmp_path):
         _run(root)
     assert not (root / "data/tokenize").exists()
     assert not list((root / "data").glob(".tokenize*"))
+
+
+def test_corpus_param_packs_an_earlier_curation_step_with_unit_weights(tmp_path, built):
+    root, _, _ = _make_root(tmp_path / "f", {**PARAMS, "corpus": "filter"})
+    metrics = _run(root)
+    _, _, weights = open_split(root / "data/tokenize/train")
+    assert np.all(weights == 1.0)
+    assert metrics["splits"]["train"]["tokens"] == built["metrics"]["splits"]["train"]["tokens"]

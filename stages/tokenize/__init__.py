@@ -2,16 +2,18 @@
 
 1. A SentencePiece model (`model_type` BPE or unigram, `vocab_size`, byte fallback, identity
    normalisation so every text round-trips exactly, whitespace-only pieces allowed for code) is
-   trained on the texts of `data/dedup/corpus`, in corpus order, split at line boundaries into
-   chunks of at most `CHUNK_CHARS` (all of them, or the `max_sentences` with the lowest seeded
-   hashes). One thread, no shuffling, our own sampling: the same corpus and params give the same
-   model bytes in every process. A vocabulary too large for the corpus is a clear error.
+   trained on the texts of the corpus that `corpus` names (default `data/dedup/corpus`; `filter`
+   and `raw` take earlier curation steps, for data ablations), in corpus order, split at line
+   boundaries into chunks of at most `CHUNK_CHARS` (all of them, or the `max_sentences` with the
+   lowest seeded hashes). One thread, no shuffling, our own sampling: the same corpus and params
+   give the same model bytes in every process.
+   A vocabulary too large for the corpus is a clear error.
 2. `data/tokenize/tokenizer/` holds it in Hugging Face format: `tokenizer.model` (so llama.cpp's
    converter takes its SentencePiece path), `tokenizer_config.json` (`LlamaTokenizer`; special
    tokens <unk>=0, <s>=1, </s>=2, <pad>=3; no BOS/EOS added by `encode`, matching the packed
    stream) and `tokenizer.json` (the converted fast tokenizer, so loading needs no conversion).
 3. Every document is encoded and followed by EOS; the streams are packed into `seq_len`-token
-   sequences (see `pack`): `train` and `validation` from the deduped corpus, split by document
+   sequences (see `pack`): `train` and `validation` from that corpus, split by document
    (seeded hash of the doc id below `val_fraction`), each sequence carrying the token-weighted mean
    SoftDedup weight of its documents; `eval` from the held-out slice of ingest (weight 1), the
    text every run is evaluated on, with its UTF-8 byte count for bits per byte.
@@ -33,7 +35,11 @@ from pydantic import Field, field_validator
 from stages.params import StrictModel
 from stages.tokenize.pack import PackWriter, token_dtype
 
-CORPUS = "data/dedup/corpus"
+CORPORA = {  # tokenize.corpus -> the documents trained on (ablations use the earlier ones)
+    "dedup": "data/dedup/corpus",  # filtered, deduplicated, decontaminated, SoftDedup-weighted
+    "filter": "data/filter/corpus",  # quality-filtered only (weight 1)
+    "raw": "data/ingest/corpus",  # as ingested (weight 1)
+}
 HELDOUT = "data/ingest/heldout"
 OUT = "data/tokenize"
 TOKENIZER = "data/tokenize/tokenizer"
@@ -53,6 +59,8 @@ class Params(StrictModel):
     split_digits: bool = Field(True, description="every digit its own piece")
     seq_len: int = Field(512, ge=2, description="tokens per packed sequence")
     val_fraction: float = Field(0.02, ge=0, lt=1, description="documents held for validation")
+    corpus: Literal[tuple(CORPORA)] = Field(  # type: ignore[valid-type]
+        "dedup", description="which curation step's documents to train on (data ablations)")
 
     @field_validator("max_sentences")
     @classmethod
@@ -186,7 +194,8 @@ def is_validation(doc_id: str, seed: int, fraction: float) -> bool:
 
 def _encode_split(sp, source: Path, writers: dict[str, PackWriter], route, threads: int,
                   ctx, desc: str) -> None:
-    columns = ["doc_id", "text"] + (["weight"] if route is not None else [])
+    weighted = "weight" in pq.read_schema(_shards(source)[0]).names if _shards(source) else False
+    columns = ["doc_id", "text"] + (["weight"] if weighted else [])
     docs = sum(pq.ParquetFile(p).metadata.num_rows for p in _shards(source))
     total = -(-docs // BATCH_ROWS)  # batches never span shards, so this is a lower bound
     for batch in ctx.progress(_batches(source, columns), total or None, desc):
@@ -203,7 +212,7 @@ def _encode_split(sp, source: Path, writers: dict[str, PackWriter], route, threa
 def run(params: Params, ctx) -> dict:
     import sentencepiece as spm
 
-    corpus, heldout = ctx.dep(CORPUS), ctx.dep(HELDOUT)
+    corpus, heldout = ctx.dep(CORPORA[params.corpus]), ctx.dep(HELDOUT)
     seed = ctx.base.seed
     model = train_model(params, corpus, seed)
     sp = spm.SentencePieceProcessor(model_proto=model)
@@ -230,7 +239,8 @@ def run(params: Params, ctx) -> dict:
     threads = ctx.workers
     _encode_split(sp, corpus, writers, route, threads, ctx, "tokenize corpus")
     _encode_split(sp, heldout, writers, None, threads, ctx, "tokenize heldout")
-    sources = {"train": CORPUS, "validation": CORPUS, "eval": HELDOUT}
+    sources = {"train": CORPORA[params.corpus], "validation": CORPORA[params.corpus],
+               "eval": HELDOUT}
     splits = {name: w.close({"split": name, "source": sources[name]})
               for name, w in writers.items()}
     summary_keys = ("docs", "tokens", "text_tokens", "pad_tokens", "sequences", "bytes",
