@@ -38,6 +38,9 @@ class Runtime(StrictModel):
     train_processes: int = Field(
         1, ge=1, description="training processes (accelerate launch: gloo on CPU, one per GPU)"
     )
+    accelerate_config: str | None = Field(
+        None, description="an `accelerate config` YAML (FSDP, multi-node) for training launches"
+    )
     s3_endpoint_url: str | None = Field(
         None, description="S3-compatible endpoint for s3:// sources (else AWS_ENDPOINT_URL or AWS)"
     )

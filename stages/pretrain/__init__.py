@@ -5,7 +5,8 @@
    complete one of this identity is resumed (model, optimizer, scheduler, RNG states, step; the
    data position is the step, since batches are a function of (seed, step)).
 2. Training (`train.py`): in this process for `runtime.train_processes: 1`, else under
-   `accelerate launch` with that many processes (gloo on CPU, NCCL DDP on GPUs), the same code.
+   `accelerate launch` with that many processes (gloo on CPU, NCCL DDP on GPUs, or the FSDP /
+   multi-node setup of `runtime.accelerate_config`), the same code.
 3. The output `data/pretrain` is a transformers checkpoint (`AutoModelForCausalLM` and
    `AutoTokenizer` load it) plus `training.json` (curve and evaluations; deterministic). Metrics
    (losses, perplexity, bits per byte on the held-out text, tokens/s, MFU, overhead) go to
@@ -52,12 +53,15 @@ def identity(params: Params, seed: int, tokens: Path) -> str:
     return h.hexdigest()
 
 
-def launch(spec_path: Path, processes: int, threads: int) -> None:
-    """`accelerate launch` the training processes (multi_gpu is also accelerate's multi-CPU path:
-    without CUDA it starts gloo processes)."""
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
-           "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "--num_cpu_threads_per_process",
+def launch(spec_path: Path, processes: int, threads: int, config: str | None) -> None:
+    """`accelerate launch` the training processes: DDP by default (`--multi_gpu` is also
+    accelerate's multi-CPU path: without CUDA it starts gloo processes), or whatever an
+    `accelerate config` file says (FSDP, several machines)."""
+    how = (["--config_file", config] if config else
+           ["--multi_gpu", "--num_machines", "1", "--mixed_precision", "no",
+            "--dynamo_backend", "no"])
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *how,
+           "--num_processes", str(processes), "--num_cpu_threads_per_process",
            str(max(1, threads // processes)), "-m", "stages.pretrain.train", str(spec_path)]
     proc = subprocess.run(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     if proc.returncode:
@@ -80,12 +84,12 @@ def run(params: Params, ctx: StageContext) -> dict:
             "launch": str(os.getpid()), "report": str(Path(scratch) / "report.json"),
             "threads": ctx.workers, "log_level": ctx.runtime.log_level,
         }
-        if processes == 1:
+        if processes == 1 and not ctx.runtime.accelerate_config:
             run_training(spec)
         else:
             spec_path = Path(scratch) / "spec.json"
             spec_path.write_text(json.dumps(spec))
-            launch(spec_path, processes, ctx.workers)
+            launch(spec_path, processes, ctx.workers, ctx.runtime.accelerate_config)
         report = json.loads(Path(spec["report"]).read_text())
     training = json.loads((out / "training.json").read_text())
     curve, evals = training["curve"], training["evals"]
