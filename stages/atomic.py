@@ -41,7 +41,7 @@ def publish(tmp: Path, final: Path) -> None:
         _remove(old)
     else:
         os.replace(tmp, final)  # atomic for files, also over an existing file or link
-    _fsync_dir(final.parent)
+    fsync(final.parent)
 
 
 def write_bytes(final: Path, data: bytes) -> None:
@@ -70,7 +70,8 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync(path: Path) -> None:
+    """Flush a file's or a directory's entries to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from ruamel.yaml import YAMLError
+from ruamel.yaml import YAML, YAMLError
 
 PARAMS_FILE = "params.yaml"
 
@@ -74,8 +74,6 @@ class ParamsError(ValueError):
 def load_yaml(text: str) -> Any:
     """Parse YAML 1.2 as DVC does (ruamel), so `1e-08` is a float in params.yaml and dvc.lock
     alike (PyYAML's YAML 1.1 reads it as a string)."""
-    from ruamel.yaml import YAML
-
     return YAML(typ="safe", pure=True).load(text)
 
 

@@ -15,6 +15,8 @@ import os
 import shutil
 from pathlib import Path
 
+from stages import atomic
+
 STATE = "trainer_state.json"
 PREFIX = "step-"
 
@@ -35,21 +37,17 @@ def complete(root: Path) -> list[Path]:
                   if p.is_dir() and p.name.startswith(PREFIX) and (p / STATE).is_file())
 
 
-def prepare(root: Path, identity: str, log) -> Path | None:
-    """Delete temporaries and checkpoints of another identity; return the latest usable one."""
+def prepare(root: Path, identity: str, log) -> None:
+    """Delete temporaries and checkpoints of another identity (then `complete` lists only
+    resumable ones)."""
     root.mkdir(parents=True, exist_ok=True)
     for leftover in sorted(root.glob(f".{PREFIX}*")):
         log.info("removing incomplete checkpoint %s (left by a killed run)", leftover.name)
         shutil.rmtree(leftover)
-    keep = []
     for ckpt in complete(root):
-        state = json.loads((ckpt / STATE).read_text())
-        if state.get("identity") == identity:
-            keep.append(ckpt)
-        else:
+        if read_state(ckpt).get("identity") != identity:
             log.info("removing checkpoint %s: trained with other params or data", ckpt.name)
             shutil.rmtree(ckpt)
-    return keep[-1] if keep else None
 
 
 def read_state(ckpt: Path) -> dict:
@@ -61,16 +59,8 @@ def commit(tmp: Path, final: Path, state: dict, keep_last: int) -> None:
     (tmp / STATE).write_text(json.dumps(state, sort_keys=True) + "\n")
     for path in sorted(tmp.rglob("*")):
         if path.is_file():
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            atomic.fsync(path)
     os.replace(tmp, final)
-    fd = os.open(final.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    atomic.fsync(final.parent)
     for old in complete(final.parent)[:-keep_last]:
         shutil.rmtree(old)

@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from stages.model.config import ARCHS
-from stages.model.precision import RECIPES
+from stages.model.precision import RECIPES, PrecisionConfig
 from stages.params import StrictModel
 
 
@@ -45,9 +45,7 @@ class PrecisionParams(StrictModel):
 
     @model_validator(mode="after")
     def _recipe_known(self) -> PrecisionParams:
-        if self.recipe is not None and self.recipe not in RECIPES[self.mode]:
-            raise ValueError(f"recipe {self.recipe!r} is not one of {RECIPES[self.mode]} "
-                             f"for mode {self.mode!r}")
+        PrecisionConfig(**self.model_dump())  # the model's own check, before any work starts
         return self
 
 

@@ -41,10 +41,6 @@ class Split:
         return cls(directory, index, tokens, weights)
 
     @property
-    def name(self) -> str:
-        return self.dir.name
-
-    @property
     def sequences(self) -> int:
         return int(self.index["sequences"])
 

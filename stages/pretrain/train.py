@@ -100,7 +100,7 @@ def evaluate(model, windows, micro: int, acc: Accelerator, autocast) -> dict:
     model.train(was_training)
     loss = (nll / count).item()
     return {"loss": loss, "ppl": math.exp(min(loss, 50.0)),
-            "bpb": (nll / math.log(2) / n_bytes).item(), "tokens": int(count.item())}
+            "bpb": (nll / math.log(2) / n_bytes).item()}
 
 
 def run_training(spec: dict) -> None:
@@ -187,8 +187,8 @@ def run_training(spec: dict) -> None:
         idx = global_batch(train, step, g, spec["seed"], p.sampling)
         x_all, y_all = inputs_targets(train, idx, pad)
         n_targets = int((y_all != IGNORE).sum())
-        x, y = x_all[rank * per_rank:(rank + 1) * per_rank], y_all[rank * per_rank:(rank + 1) *
-                                                                     per_rank]
+        mine = slice(rank * per_rank, (rank + 1) * per_rank)
+        x, y = x_all[mine], y_all[mine]
         _sync(acc.device)
         t0 = time.perf_counter()
         ce_sum = torch.zeros((), device=acc.device, dtype=torch.float64)
@@ -211,6 +211,10 @@ def run_training(spec: dict) -> None:
         done_steps = step + 1
         if done_steps % p.log_every == 0 or done_steps == total_steps:
             train_loss = (acc.reduce(ce_sum, "sum") / n_targets).item()
+            if not math.isfinite(train_loss):
+                raise FloatingPointError(
+                    f"training loss is {train_loss} at step {done_steps}: training diverged; lower "
+                    "pretrain.optimizer.lr or raise pretrain.schedule.warmup_steps")
             curve.append({"step": done_steps, "tokens": done_steps * step_tokens,
                           "train_loss": train_loss, "lr": lr, "grad_norm": float(grad_norm)})
             if acc.is_main_process:
@@ -236,7 +240,7 @@ def run_training(spec: dict) -> None:
     (out / "training.json").write_text(json.dumps(training, indent=2, sort_keys=True) + "\n")
     trained = (total_steps - start) * step_tokens
     report = {
-        "resumed_from_step": start, "steps_run": total_steps - start, "processes": world,
+        "resumed_from_step": start, "processes": world,
         "step_seconds": step_seconds, "wall_seconds": wall,
         "tokens_per_s_step": trained / step_seconds if step_seconds else None,
         "tokens_per_s_loop": trained / wall if step_seconds else None,

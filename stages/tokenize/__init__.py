@@ -194,9 +194,10 @@ def is_validation(doc_id: str, seed: int, fraction: float) -> bool:
 
 def _encode_split(sp, source: Path, writers: dict[str, PackWriter], route, threads: int,
                   ctx, desc: str) -> None:
-    weighted = "weight" in pq.read_schema(_shards(source)[0]).names if _shards(source) else False
+    shards = _shards(source)
+    weighted = bool(shards) and "weight" in pq.read_schema(shards[0]).names
     columns = ["doc_id", "text"] + (["weight"] if weighted else [])
-    docs = sum(pq.ParquetFile(p).metadata.num_rows for p in _shards(source))
+    docs = sum(pq.ParquetFile(p).metadata.num_rows for p in shards)
     total = -(-docs // BATCH_ROWS)  # batches never span shards, so this is a lower bound
     for batch in ctx.progress(_batches(source, columns), total or None, desc):
         texts = [t or "" for t in batch["text"]]
