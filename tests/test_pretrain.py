@@ -147,3 +147,13 @@ def test_two_gloo_processes_match_one_at_the_same_global_batch(project: Path, tm
     w2 = load_training_model(two / OUT).state_dict()
     for name, tensor in w1.items():
         torch.testing.assert_close(w2[name], tensor, rtol=1e-3, atol=1e-4)
+
+
+def test_diverged_training_stops_with_a_clear_error(project: Path):
+    set_params(project, pretrain={"optimizer": {"lr": 1.0e6, "grad_clip": 1.0e9},
+                                  "schedule": {"warmup_steps": 0}})
+    proc = _stage_cmd(project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out, _ = proc.communicate()
+    assert proc.returncode != 0
+    assert "training diverged; lower pretrain.optimizer.lr" in out
+    assert not (project / OUT).exists()
