@@ -5,10 +5,14 @@ export PATH := $(CURDIR)/$(VENV):$(PATH)
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 PORT ?= 3000
 
-.PHONY: setup dagster-home pipeline test dagster sync why bench screenshot lint
+.PHONY: setup llama-cpp dagster-home pipeline test dagster sync why bench screenshot lint
 
 setup:
 	@bash scripts/setup.sh
+
+# llama-cpp-python compiled once into a wheel cache (~/.cache/slm-pipeline) + the GGUF converter.
+llama-cpp: setup
+	@bash scripts/setup_llama_cpp.sh
 
 dagster-home:
 	@mkdir -p $(DAGSTER_HOME)
@@ -21,7 +25,7 @@ pipeline: setup dagster-home
 	python -m orchestration sync
 	python -m orchestration why
 
-test: setup
+test: setup llama-cpp
 	python -m pytest -q
 
 # Dagster UI on 127.0.0.1 only (it has no authentication of its own; see README).

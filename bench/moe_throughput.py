@@ -1,4 +1,4 @@
-"""CPU training throughput of the MoE (AdamW steps, fp32, router aux loss on), ratios from one run.
+"""CPU training throughput of the MoE (fused AdamW, fp32, router aux loss on), ratios from one run.
 
 Variants, interleaved round by round so machine noise hits them alike (best round reported):
 our model (eager and torch.compile), transformers' class of the same architecture on the same
@@ -69,7 +69,7 @@ def build(name: str, cfg: MoEConfig, ckpt: Path):
 
 
 def make_step(model, loss_fn):
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # as pretrain trains
     model.train()
 
     def step(x):

@@ -9,7 +9,8 @@ import torch
 from safetensors import safe_open
 
 from stages.model import MoEConfig, MoEForCausalLM, load_hf, load_training_model, save_hf
-from stages.model.moe import sliding_mask
+from stages.model import loss as loss_module
+from stages.model.moe import SwiGLU, sliding_mask
 
 TINY = dict(vocab_size=128, d_model=32, n_layers=4, n_heads=4, n_kv_heads=2, n_experts=4, top_k=2,
             expert_size=48, sliding_window=6)
@@ -32,9 +33,14 @@ def test_logits_match_transformers(tmp_path, cfg, experts):
                                  "mixtral": "MixtralForCausalLM"}[cfg.arch]
     x = ids(1)  # 24 tokens > window 6: the sliding layers really mask
     with torch.no_grad():
-        ours, theirs = model(x, x), hf(x, output_router_logits=True)
-    torch.testing.assert_close(ours.logits, theirs.logits, atol=2e-5, rtol=1e-5)
-    torch.testing.assert_close(ours.aux_loss, theirs.aux_loss, atol=1e-5, rtol=1e-5)
+        ours, theirs = model(x[:, :-1], x[:, 1:]), hf(x, output_router_logits=True)
+        logits = model(x).logits
+    torch.testing.assert_close(logits, theirs.logits, atol=2e-5, rtol=1e-5)
+    ce = torch.nn.functional.cross_entropy(theirs.logits[:, :-1].reshape(-1, 128),
+                                           x[:, 1:].reshape(-1))
+    torch.testing.assert_close(ours.ce, ce, atol=1e-5, rtol=1e-5)  # the fused loss
+    aux = hf(x[:, :-1], output_router_logits=True).aux_loss
+    torch.testing.assert_close(ours.aux_loss, aux, atol=1e-5, rtol=1e-5)
 
 
 def test_export_keeps_the_per_layer_pattern(tmp_path):
@@ -78,9 +84,9 @@ def test_grouped_loop_and_padded_experts_agree():
             layer.mlp.experts.align = align
         out = model(x, x)
         out.loss.backward()
-        results.append((out.logits, [p.grad for p in model.parameters()]))
-    for logits, grads in results[1:]:
-        torch.testing.assert_close(logits, results[0][0], atol=1e-5, rtol=1e-5)
+        results.append((out.loss, [p.grad for p in model.parameters()]))
+    for loss, grads in results[1:]:
+        torch.testing.assert_close(loss, results[0][0], atol=1e-5, rtol=1e-5)
         for g, g0 in zip(grads, results[0][1], strict=True):
             torch.testing.assert_close(g, g0, atol=1e-5, rtol=1e-4)
 
@@ -127,7 +133,32 @@ def test_loss_is_cross_entropy_plus_router_terms():
     model = MoEForCausalLM(cfg)
     x, y = ids(5), ids(6)
     out = model(x, y)
-    ce = torch.nn.functional.cross_entropy(out.logits.view(-1, 128), y.view(-1))
+    ce = torch.nn.functional.cross_entropy(model(x).logits.view(-1, 128), y.view(-1))
     torch.testing.assert_close(out.ce, ce)
     torch.testing.assert_close(out.loss, ce + 0.01 * out.aux_loss + 1e-3 * out.z_loss)
     assert out.z_loss > 0 and out.aux_loss > 0
+
+
+def test_fused_linear_cross_entropy_matches_unfused(monkeypatch):
+    monkeypatch.setitem(loss_module.CHUNK_ELEMENTS, "cpu", 300 * 64)  # 64-row chunks, ragged last
+    torch.manual_seed(0)
+    h = torch.randn(150, 16, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(300, 16, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, 300, (150,))
+    t[::7] = loss_module.IGNORE
+    fused = loss_module.linear_cross_entropy(h, w, t)
+    (2 * fused).backward()
+    grads = h.grad.clone(), w.grad.clone()
+    h.grad = w.grad = None
+    plain = torch.nn.functional.cross_entropy(h @ w.t(), t)
+    (2 * plain).backward()
+    torch.testing.assert_close(fused, plain, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grads, (h.grad, w.grad), rtol=1e-9, atol=1e-12)
+
+
+def test_swiglu_backward_matches_autograd():
+    torch.manual_seed(0)
+    gate_up = torch.randn(10, 8, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradcheck(SwiGLU.apply, (gate_up,))
+    gate, up = gate_up.chunk(2, dim=-1)
+    torch.testing.assert_close(SwiGLU.apply(gate_up), torch.nn.functional.silu(gate) * up)

@@ -1,5 +1,6 @@
 """Pretrain stage on the tiny profile: the checkpoint loads with transformers and has learned,
-training resumes bit-identically after two SIGKILLs, incomplete or foreign checkpoints are never
+converts to GGUF with llama.cpp's converter (llama.cpp tokenizes and computes the same), training
+resumes bit-identically after two SIGKILLs, incomplete or foreign checkpoints are never
 loaded, and two gloo processes give the loss of one at the same global batch."""
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from orchestration.dvc_cli import venv_env
-from stages.model import load_training_model
+from stages.model import gguf, load_training_model
 from stages.pretrain import CHECKPOINTS, OUT
 from stages.pretrain.checkpoint import complete, read_state
 from stages.runner import run_stage
@@ -36,6 +38,14 @@ def tokens_project(tmp_path_factory) -> Path:
     for name in UPSTREAM:
         run_stage(name, root)
     return root
+
+
+@pytest.fixture(scope="module")
+def trained(tokens_project: Path, tmp_path_factory) -> tuple[Path, dict]:
+    """A copy of the prepared project with pretrain run once: (root, metrics)."""
+    root = tmp_path_factory.mktemp("trained") / "project"
+    shutil.copytree(tokens_project, root, symlinks=True)
+    return root, _run(root)
 
 
 @pytest.fixture
@@ -76,8 +86,8 @@ def _kill_after_checkpoint(root: Path, newer_than: int) -> int:
     return read_state(done[-1])["step"]
 
 
-def test_checkpoint_loads_with_transformers_and_has_learned(project: Path):
-    metrics = _run(project)
+def test_checkpoint_loads_with_transformers_and_has_learned(trained: tuple[Path, dict]):
+    project, metrics = trained
     out = project / OUT
     hf = AutoModelForCausalLM.from_pretrained(out)
     tok = AutoTokenizer.from_pretrained(out)
@@ -98,6 +108,24 @@ def test_checkpoint_loads_with_transformers_and_has_learned(project: Path):
     evals = json.loads((project / "reports/pretrain/eval_curve.json").read_text())
     assert [r["step"] for r in evals] == [0, 4, 8, 12]
     assert len(complete(project / CHECKPOINTS)) == TINY["pretrain"]["checkpoint"]["keep_last"]
+
+
+def test_checkpoint_converts_to_gguf_and_llama_cpp_computes_the_same(trained, tmp_path: Path):
+    out = trained[0] / OUT
+    path = gguf.convert(out, tmp_path / "model.gguf", "f32")
+    tok = AutoTokenizer.from_pretrained(out)
+    text = "def add(a, b):\n    return a + b  # 42 caf\u00e9 \u2014 \U0001f600\n\tx  =  [1,2]\n"
+    ids = tok(text).input_ids
+    assert gguf.llama_cpp_tokenize(path, text) == ids
+    # llama.cpp's qwen2moe graph has no sliding window: the same function up to the window
+    ids = ids[:TINY["pretrain"]["model"]["sliding_window"]]
+    hf = AutoModelForCausalLM.from_pretrained(out).eval()
+    with torch.no_grad():
+        ref = hf(torch.tensor([ids])).logits[0].numpy()
+    got = gguf.llama_cpp_logits(path, ids)
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, atol=1e-3, rtol=1e-3)
+    assert (got.argmax(-1) == ref.argmax(-1)).all()
 
 
 def test_resume_after_two_sigkills_is_bit_identical(project: Path, tmp_path: Path):

@@ -19,12 +19,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from stages.model.config import MoEConfig
+from stages.model.loss import linear_cross_entropy
 
 EXPERTS_IMPLS = ("grouped_mm", "loop")
 
 
 class Output(NamedTuple):
-    logits: torch.Tensor
+    logits: torch.Tensor | None  # None when targets were given (see `linear_cross_entropy`)
     loss: torch.Tensor | None  # what to backpropagate: ce + router terms
     ce: torch.Tensor | None  # next-token cross-entropy (for perplexity / bits per byte)
     aux_loss: torch.Tensor | None
@@ -74,11 +75,12 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(b, t, self.n_kv, self.hd).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         mask = masks.get(self.window)
-        if mask is not None and self.n_kv != self.n_heads:  # enable_gqa + mask -> math kernel
-            k = k.repeat_interleave(self.n_heads // self.n_kv, dim=1)
-            v = v.repeat_interleave(self.n_heads // self.n_kv, dim=1)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
-                                           enable_gqa=k.shape[1] != self.n_heads)
+        if mask is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                               enable_gqa=self.n_kv != self.n_heads)
+        else:  # the queries of a KV group as one sequence: a masked flash kernel, no K/V copies
+            q = q.reshape(b, self.n_kv, -1, self.hd)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).view(b, -1, t, self.hd)
         return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
 
 
@@ -136,6 +138,28 @@ def loop_linear(x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor) -> torch.T
     return torch.cat([x[s:e] @ w[i].T for i, (s, e) in enumerate(bounds)])
 
 
+class SwiGLU(torch.autograd.Function):
+    """silu(gate) * up over the (rows, 2I) output of the fused gate_up projection. The backward
+    writes both halves of the gradient into one buffer (through `chunk`, autograd would
+    concatenate them: a copy of the layer's largest activation)."""
+
+    @staticmethod
+    def forward(ctx, gate_up: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(gate_up)
+        gate, up = gate_up.chunk(2, dim=-1)
+        return F.silu(gate) * up
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (gate_up,) = ctx.saved_tensors
+        gate, up = gate_up.chunk(2, dim=-1)
+        out = torch.empty_like(gate_up)
+        d_gate, d_up = out.chunk(2, dim=-1)
+        torch.mul(F.silu(gate), grad, out=d_up)
+        torch.ops.aten.silu_backward.grad_input(grad * up, gate, grad_input=d_gate)
+        return out
+
+
 class Experts(nn.Module):
     """SwiGLU experts as 3D tensors in the transformers layout: gate_up (E, 2I, d), down (E, d, I).
 
@@ -164,8 +188,7 @@ class Experts(nn.Module):
         n_experts, k = self.gate_up_proj.shape[0], idx.shape[1]
         flat = idx.reshape(-1)
         order = flat.argsort(stable=True)
-        counts = torch.zeros(n_experts, dtype=torch.int32, device=x.device).index_add_(
-            0, flat, torch.ones_like(flat, dtype=torch.int32))
+        counts = flat.bincount(minlength=n_experts).int()
         token = order // k
         h = x.index_select(0, token)
         if self.align > 1:
@@ -182,8 +205,7 @@ class Experts(nn.Module):
             h = h.new_zeros(rows, h.shape[1]).index_copy(0, dest, h)
         else:
             offs = counts.cumsum(0, dtype=torch.int32)
-        gate, up = self.matmul(h, "gate_up_proj", offs).chunk(2, dim=-1)
-        h = self.matmul(F.silu(gate) * up, "down_proj", offs)
+        h = self.matmul(SwiGLU.apply(self.matmul(h, "gate_up_proj", offs)), "down_proj", offs)
         if self.align > 1:
             h = h.index_select(0, dest)
         h = h * weights.reshape(-1, 1)[order].to(h.dtype)
@@ -290,24 +312,28 @@ class MoEForCausalLM(nn.Module):
                 p.normal_(0.0, std)
 
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None) -> Output:
-        """`targets` are already shifted (token t predicts targets[t]); -100 is ignored."""
+        """`targets` are already shifted (token t predicts targets[t]); -100 is ignored. With
+        targets the loss is fused with the output projection and `logits` is None."""
         cfg = self.config
         t = input_ids.shape[1]
         cos, sin = rope_cache(cfg, t, input_ids.device)
         windows = {w for w in (layer.self_attn.window for layer in self.model.layers) if w}
-        masks = {w: sliding_mask(t, w, input_ids.device) for w in windows if w < t}
+        groups = cfg.n_heads // cfg.n_kv_heads  # mask rows for the grouped queries (Attention)
+        masks = {w: sliding_mask(t, w, input_ids.device).repeat(groups, 1)
+                 for w in windows if w < t}
         x = self.model.embed_tokens(input_ids)
         stats: list = []
         for layer in self.model.layers:
             x = layer(x, cos, sin, masks, stats)
-        logits = self.lm_head(self.model.norm(x))
+        h = self.model.norm(x)
         if targets is None:
-            return Output(logits, None, None, None, None)
-        ce = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
+            return Output(self.lm_head(h), None, None, None, None)
+        ce = linear_cross_entropy(h.reshape(-1, h.shape[-1]), self.lm_head.weight,
+                                  targets.reshape(-1))
         aux = load_balancing_loss(stats, cfg.n_experts)
         z = torch.stack([torch.logsumexp(lg, dim=-1).pow(2).mean() for lg, _, _ in stats]).mean()
         loss = ce + cfg.aux_loss_coef * aux + (cfg.z_loss_coef * z if cfg.z_loss_coef else 0.0)
-        return Output(logits, loss, ce, aux, z)
+        return Output(None, loss, ce, aux, z)
 
     def num_params(self, active: bool = False, embeddings: bool = True) -> int:
         """Parameter count; `active` counts top_k of n_experts, `embeddings=False` drops the input

@@ -83,6 +83,7 @@ def run(params: Params, ctx: StageContext) -> dict:
                                                                              tokens),
             "launch": str(os.getpid()), "report": str(Path(scratch) / "report.json"),
             "threads": ctx.workers, "log_level": ctx.runtime.log_level,
+            "progress": ctx.runtime.progress,
         }
         if processes == 1 and not ctx.runtime.accelerate_config:
             run_training(spec)

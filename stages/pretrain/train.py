@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from stages.model import MoEConfig, MoEForCausalLM, save_hf
 from stages.model.precision import PrecisionConfig, apply_precision, precision_metadata
@@ -91,16 +91,28 @@ def evaluate(model, windows, micro: int, acc: Accelerator, autocast) -> dict:
     for start in range(0, len(rows), micro):
         sel = rows[start:start + micro]
         x, y = x_all[sel].to(acc.device), y_all[sel].to(acc.device)
-        with autocast():
-            logits = model(x).logits
-        nll += F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1),
-                               ignore_index=IGNORE, reduction="sum").double()
-        count += (y != IGNORE).sum()
+        n = (y != IGNORE).sum()
+        if not n:
+            continue
+        with torch.no_grad(), autocast():
+            nll += model(x, y).ce.double() * n  # the fused loss: no (tokens, vocab) logits
+        count += n
     nll, count = acc.reduce(nll, "sum"), acc.reduce(count, "sum")
     model.train(was_training)
     loss = (nll / count).item()
     return {"loss": loss, "ppl": math.exp(min(loss, 50.0)),
             "bpb": (nll / math.log(2) / n_bytes).item()}
+
+
+def progress_bar(spec: dict, acc: Accelerator, total: int, start: int):
+    """A tqdm bar over steps on the main process when progress is on and stderr is a terminal
+    (None otherwise: then step log lines carry the progress into logs such as Dagster's)."""
+    if not (spec.get("progress") and acc.is_main_process and sys.stderr.isatty()):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=start, desc="pretrain", unit="step", file=sys.stderr,
+                dynamic_ncols=True)
 
 
 def run_training(spec: dict) -> None:
@@ -131,7 +143,7 @@ def run_training(spec: dict) -> None:
     autocast = apply_precision(model, pc, acc.device.type)
     model.to(acc.device)
     optimizer = torch.optim.AdamW(param_groups(model, p.optimizer.weight_decay), lr=p.optimizer.lr,
-                                  betas=p.optimizer.betas, eps=p.optimizer.eps)
+                                  betas=p.optimizer.betas, eps=p.optimizer.eps, fused=True)
     step_tokens = g * seq_len
     total_steps = math.ceil(p.train_tokens / step_tokens)
     s = p.schedule
@@ -181,9 +193,10 @@ def run_training(spec: dict) -> None:
 
     if start == 0 and not evals:
         run_eval(0)
-    step_seconds, wall_start = 0.0, time.perf_counter()
-    run_model.train()
-    for step in range(start, total_steps):
+
+    def train_step(step: int) -> None:
+        """One optimizer step on the global batch of `step`; log, eval, checkpoint on cadence."""
+        nonlocal step_seconds
         idx = global_batch(train, step, g, spec["seed"], p.sampling)
         x_all, y_all = inputs_targets(train, idx, pad)
         n_targets = int((y_all != IGNORE).sum())
@@ -217,16 +230,30 @@ def run_training(spec: dict) -> None:
                     "pretrain.optimizer.lr or raise pretrain.schedule.warmup_steps")
             curve.append({"step": done_steps, "tokens": done_steps * step_tokens,
                           "train_loss": train_loss, "lr": lr, "grad_norm": float(grad_norm)})
-            if acc.is_main_process:
-                trained = (done_steps - start) * step_tokens
-                tps = trained / max(step_seconds, 1e-9)
+            trained = (done_steps - start) * step_tokens
+            tps = trained / max(step_seconds, 1e-9)
+            if bar:
+                bar.set_postfix(loss=f"{train_loss:.4f}", tok_s=f"{tps:.0f}",
+                                mfu=f"{100 * tps * fpt / peak:.1f}%", refresh=False)
+            elif acc.is_main_process:
                 log.info("step %d/%d (%.0f%%) loss %.4f lr %.2e grad_norm %.3f %.0f tok/s "
                          "MFU %.1f%%", done_steps, total_steps, 100 * done_steps / total_steps,
                          train_loss, lr, float(grad_norm), tps, 100 * tps * fpt / peak)
+        if bar:
+            bar.update(1)
         if done_steps % p.eval.every_steps == 0 or done_steps == total_steps:
             run_eval(done_steps)
         if done_steps % p.checkpoint.every_steps == 0 or done_steps == total_steps:
             save(done_steps)
+
+    step_seconds, wall_start = 0.0, time.perf_counter()
+    run_model.train()
+    bar = progress_bar(spec, acc, total_steps, start)
+    with logging_redirect_tqdm() if bar else contextlib.nullcontext():
+        for step in range(start, total_steps):
+            train_step(step)
+    if bar:
+        bar.close()
     wall = time.perf_counter() - wall_start
     if not acc.is_main_process:
         return

@@ -1,0 +1,102 @@
+"""GGUF conversion with llama.cpp's own converter, and llama.cpp inference for parity checks.
+
+The converter (`convert_hf_to_gguf.py`, its `conversion/` package and the `gguf-py` beside it)
+comes from the llama-cpp-python source distribution that `scripts/setup_llama_cpp.sh` unpacks
+into `$SLM_CACHE/llama.cpp-<version>` (`SLM_LLAMA_CPP_CONVERTER` points elsewhere). It runs in a
+subprocess (`python -m stages.model.gguf CONVERTER_DIR MODEL_DIR --outfile ...`) with one change:
+its Qwen2-MoE class reads the vocabulary like its Qwen2 class (SentencePiece first; see
+`stages.model`) and records the SentencePiece model's `add_dummy_prefix` (the generic path leaves
+llama.cpp's default, a space prefix, which our tokenizer does not add). The output is written to a
+temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+LLAMA_CPP_VERSION = "0.3.36"
+OUTTYPES = ("f32", "f16", "bf16", "q8_0")
+
+
+def converter_dir() -> Path:
+    """Where the converter was unpacked; a clear error naming the set-up script if it was not."""
+    default = Path(os.environ.get("SLM_CACHE", Path.home() / ".cache" / "slm-pipeline"))
+    path = Path(os.environ.get("SLM_LLAMA_CPP_CONVERTER",
+                               default / f"llama.cpp-{LLAMA_CPP_VERSION}"))
+    if not (path / "convert_hf_to_gguf.py").is_file():
+        raise FileNotFoundError(
+            f"llama.cpp's GGUF converter is not at {path}: run `bash scripts/setup_llama_cpp.sh` "
+            "(or set SLM_LLAMA_CPP_CONVERTER to a llama.cpp checkout of the same version)")
+    return path
+
+
+def convert(model_dir: str | Path, out: str | Path, outtype: str = "f32") -> Path:
+    """Convert a transformers checkpoint (weights + tokenizer) to one GGUF file at `out`."""
+    if outtype not in OUTTYPES:
+        raise ValueError(f"outtype must be one of {OUTTYPES}, got {outtype!r}")
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    cmd = [sys.executable, "-m", "stages.model.gguf", str(converter_dir()), str(model_dir),
+           "--outfile", str(tmp), "--outtype", outtype]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError(f"GGUF conversion of {model_dir} failed ({proc.returncode}):\n"
+                           f"{proc.stderr[-4000:]}")
+    os.replace(tmp, out)
+    return out
+
+
+def llama_cpp_logits(gguf_path: str | Path, ids: list[int], threads: int = 1) -> np.ndarray:
+    """Logits (len(ids), vocab) that llama.cpp computes for the token ids, one batch, no BOS."""
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(gguf_path), n_ctx=max(len(ids), 8), n_batch=len(ids),
+                logits_all=True, n_threads=threads, verbose=False)
+    try:
+        llm.eval(ids)
+        return np.array(llm.scores[:len(ids)], dtype=np.float32)
+    finally:
+        llm.close()  # explicit: relying on __del__ at interpreter exit prints tracebacks
+
+
+def llama_cpp_tokenize(gguf_path: str | Path, text: str) -> list[int]:
+    """llama.cpp's tokenization of `text` (no BOS, special tokens as plain text)."""
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(gguf_path), vocab_only=True, verbose=False)
+    try:
+        return llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+    finally:
+        llm.close()
+
+
+def _convert_main(argv: list[str]) -> None:
+    """Subprocess entry: run llama.cpp's converter from `argv[0]` on the remaining arguments."""
+    root = Path(argv[0])
+    sys.path[:0] = [str(root / "gguf-py"), str(root)]
+    import convert_hf_to_gguf
+    from conversion import qwen
+
+    def set_vocab(self) -> None:
+        qwen.Qwen2Model.set_vocab(self)
+        spm = self.dir_model / "tokenizer.model"
+        if spm.is_file():  # the generic SentencePiece path leaves llama.cpp's default (True)
+            from sentencepiece import sentencepiece_model_pb2
+
+            proto = sentencepiece_model_pb2.ModelProto()
+            proto.ParseFromString(spm.read_bytes())
+            self.gguf_writer.add_add_space_prefix(proto.normalizer_spec.add_dummy_prefix)
+
+    qwen.Qwen2MoeModel.set_vocab = set_vocab
+    sys.argv = [str(root / "convert_hf_to_gguf.py"), *argv[1:]]
+    convert_hf_to_gguf.main()
+
+
+if __name__ == "__main__":
+    _convert_main(sys.argv[1:])
