@@ -1,13 +1,19 @@
 """Pretrain building blocks: batches are a pure function of (seed, step), SoftDedup sampling
-follows the weights, evaluation windows predict every token once, schedules have their shape."""
+follows the weights, evaluation windows predict every token once, schedules have their shape, the
+progress bar appears only for the main process on a terminal."""
 
 from __future__ import annotations
+
+import io
+import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from stages.pretrain.data import IGNORE, Split, eval_windows, global_batch
 from stages.pretrain.schedule import lr_multiplier
+from stages.pretrain.train import progress_bar
 from stages.tokenize.pack import PackWriter
 
 SEQ = 8
@@ -77,3 +83,21 @@ def test_schedules_warm_up_then_decay_to_the_floor(kind):
         assert set(lrs[10:80]) == {1.0} and lrs[80] < 1.0
     else:
         assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
+
+
+def test_progress_bar_only_for_the_main_process_on_a_terminal(monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    screen = Terminal()
+    monkeypatch.setattr(sys, "stderr", screen)
+    main = SimpleNamespace(is_main_process=True)
+    bar = progress_bar({"progress": True}, main, total=10, start=3)
+    bar.update(1)
+    bar.close()
+    assert "pretrain" in screen.getvalue() and "4/10" in screen.getvalue()
+    assert progress_bar({"progress": False}, main, 10, 0) is None
+    assert progress_bar({"progress": True}, SimpleNamespace(is_main_process=False), 10, 0) is None
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # a pipe (Dagster, CI): log lines instead
+    assert progress_bar({"progress": True}, main, 10, 0) is None
