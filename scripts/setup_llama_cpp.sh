@@ -7,7 +7,7 @@
 #    built: no multimodal (mtmd), tools, examples, server or tests.
 # 2. The HF -> GGUF converter (convert_hf_to_gguf.py, its conversion/ package and the gguf-py that
 #    ships beside it; the PyPI gguf package is older than the converter needs) is unpacked from the
-#    same source distribution into $SLM_CACHE/llama.cpp-$VERSION, where stages.model.gguf finds it.
+#    same source distribution into $SLM_CACHE/llama.cpp-$VERSION, where stages/llama_cpp.py finds it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VERSION=0.3.36

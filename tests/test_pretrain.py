@@ -20,7 +20,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from orchestration.dvc_cli import venv_env
-from stages.model import gguf, load_training_model
+from stages import llama_cpp
+from stages.model import load_training_model
 from stages.pretrain import CHECKPOINTS, OUT
 from stages.pretrain.checkpoint import complete, read_state
 from stages.runner import run_stage
@@ -112,17 +113,17 @@ def test_checkpoint_loads_with_transformers_and_has_learned(trained: tuple[Path,
 
 def test_checkpoint_converts_to_gguf_and_llama_cpp_computes_the_same(trained, tmp_path: Path):
     out = trained[0] / OUT
-    path = gguf.convert(out, tmp_path / "model.gguf", "f32")
+    path = llama_cpp.convert(out, tmp_path / "model.gguf", "f32")
     tok = AutoTokenizer.from_pretrained(out)
     text = "def add(a, b):\n    return a + b  # 42 caf\u00e9 \u2014 \U0001f600\n\tx  =  [1,2]\n"
     ids = tok(text).input_ids
-    assert gguf.llama_cpp_tokenize(path, text) == ids
+    assert llama_cpp.tokenize(path, text) == ids
     # llama.cpp's qwen2moe graph has no sliding window: the same function up to the window
     ids = ids[:TINY["pretrain"]["model"]["sliding_window"]]
     hf = AutoModelForCausalLM.from_pretrained(out).eval()
     with torch.no_grad():
         ref = hf(torch.tensor([ids])).logits[0].numpy()
-    got = gguf.llama_cpp_logits(path, ids)
+    got = llama_cpp.logits(path, ids)
     assert got.shape == ref.shape
     np.testing.assert_allclose(got, ref, atol=1e-3, rtol=1e-3)
     assert (got.argmax(-1) == ref.argmax(-1)).all()

@@ -1,9 +1,9 @@
-"""GGUF conversion with llama.cpp's own converter, and llama.cpp inference for parity checks.
+"""llama.cpp interop: GGUF conversion with its own converter, its inference for parity checks.
 
 The converter (`convert_hf_to_gguf.py`, its `conversion/` package and the `gguf-py` beside it)
 comes from the llama-cpp-python source distribution that `scripts/setup_llama_cpp.sh` unpacks
 into `$SLM_CACHE/llama.cpp-<version>` (`SLM_LLAMA_CPP_CONVERTER` points elsewhere). It runs in a
-subprocess (`python -m stages.model.gguf CONVERTER_DIR MODEL_DIR --outfile ...`) with one change:
+subprocess (`python -m stages.llama_cpp CONVERTER_DIR MODEL_DIR --outfile ...`) with one change:
 its Qwen2-MoE class reads the vocabulary like its Qwen2 class (SentencePiece first; see
 `stages.model`) and records the SentencePiece model's `add_dummy_prefix` (the generic path leaves
 llama.cpp's default, a space prefix, which our tokenizer does not add). The output is written to a
@@ -41,7 +41,7 @@ def convert(model_dir: str | Path, out: str | Path, outtype: str = "f32") -> Pat
         raise ValueError(f"outtype must be one of {OUTTYPES}, got {outtype!r}")
     out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    cmd = [sys.executable, "-m", "stages.model.gguf", str(converter_dir()), str(model_dir),
+    cmd = [sys.executable, "-m", "stages.llama_cpp", str(converter_dir()), str(model_dir),
            "--outfile", str(tmp), "--outtype", outtype]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
@@ -52,7 +52,7 @@ def convert(model_dir: str | Path, out: str | Path, outtype: str = "f32") -> Pat
     return out
 
 
-def llama_cpp_logits(gguf_path: str | Path, ids: list[int], threads: int = 1) -> np.ndarray:
+def logits(gguf_path: str | Path, ids: list[int], threads: int = 1) -> np.ndarray:
     """Logits (len(ids), vocab) that llama.cpp computes for the token ids, one batch, no BOS."""
     from llama_cpp import Llama
 
@@ -65,7 +65,7 @@ def llama_cpp_logits(gguf_path: str | Path, ids: list[int], threads: int = 1) ->
         llm.close()  # explicit: relying on __del__ at interpreter exit prints tracebacks
 
 
-def llama_cpp_tokenize(gguf_path: str | Path, text: str) -> list[int]:
+def tokenize(gguf_path: str | Path, text: str) -> list[int]:
     """llama.cpp's tokenization of `text` (no BOS, special tokens as plain text)."""
     from llama_cpp import Llama
 
