@@ -5,7 +5,9 @@ Numerics follow those classes (RMSNorm in fp32, half-split RoPE, softmax -> top-
 Mixtral's renormalisation, load-balancing loss pooled over layers as transformers computes it).
 For speed, token slots are sorted by expert and each expert projection is one grouped matmul
 (an opaque custom op, so torch.compile also takes it in fp32); no per-token loops or gathers of
-expert weights.
+expert weights. SwiGLU has a hand-written backward (one gradient buffer), sliding-window layers
+run each KV group's queries as one sequence (masked flash kernel, no K/V copies), and the training
+loss is fused with the output projection (`loss.py`).
 """
 
 from __future__ import annotations
