@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from stages import atomic
+
 LLAMA_CPP_VERSION = "0.3.36"
 OUTTYPES = ("f32", "f16", "bf16", "q8_0")
 
@@ -40,7 +42,8 @@ def convert(model_dir: str | Path, out: str | Path, outtype: str = "f32") -> Pat
     if outtype not in OUTTYPES:
         raise ValueError(f"outtype must be one of {OUTTYPES}, got {outtype!r}")
     out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    atomic.sweep(out)
+    tmp = atomic.tmp_path(out)
     cmd = [sys.executable, "-m", "stages.llama_cpp", str(converter_dir()), str(model_dir),
            "--outfile", str(tmp), "--outtype", outtype]
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -48,7 +51,8 @@ def convert(model_dir: str | Path, out: str | Path, outtype: str = "f32") -> Pat
         tmp.unlink(missing_ok=True)
         raise RuntimeError(f"GGUF conversion of {model_dir} failed ({proc.returncode}):\n"
                            f"{proc.stderr[-4000:]}")
-    os.replace(tmp, out)
+    atomic.fsync(tmp)
+    atomic.publish(tmp, out)
     return out
 
 
