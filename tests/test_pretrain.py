@@ -158,6 +158,9 @@ def test_incomplete_and_foreign_checkpoints_are_never_loaded(project: Path):
     assert metrics["resumed_from_step"] == 0  # the old run's checkpoints were not resumed
     assert not half.exists()
     assert {read_state(c)["step"] for c in complete(ckpts)} == {9, 12}
+    with open(project / "stages/pretrain/schedule.py", "a") as fh:  # a code change: another
+        fh.write("# changed\n")  # identity too (the finished run is not re-exported)
+    assert _run(project)["resumed_from_step"] == 0
 
 
 def test_two_gloo_processes_match_one_at_the_same_global_batch(project: Path, tmp_path: Path):

@@ -1,9 +1,11 @@
 """Pretrain: phase-1 training of the MoE model on the packed tokens, resumable exactly.
 
-1. Identity: a hash of the declared params, the seed and the bytes of the token splits. Checkpoints
-   in `checkpoints/pretrain` (a persistent output) of another identity are deleted; the latest
-   complete one of this identity is resumed (model, optimizer, scheduler, RNG states, step; the
-   data position is the step, since batches are a function of (seed, step)).
+1. Identity: a hash of the declared params, the seed, the bytes of the token splits and of the
+   stage's code files. Checkpoints in `checkpoints/pretrain` (a persistent output) of another
+   identity are deleted; the latest complete one of this identity is resumed (model, optimizer,
+   scheduler, RNG states, step; the data position is the step, since batches are a function of
+   (seed, step)). A code change starts over: DVC re-runs the stage for it, and the result must be
+   the new code's, not an old finished checkpoint re-exported.
 2. Training (`train.py`): in this process for `runtime.train_processes: 1`, else under
    `accelerate launch` with that many processes (gloo on CPU, NCCL DDP on GPUs, or the FSDP /
    multi-node setup of `runtime.accelerate_config`), the same code.
@@ -40,13 +42,16 @@ TRAIN_CURVE = "reports/pretrain/train_curve.json"
 EVAL_CURVE = "reports/pretrain/eval_curve.json"
 
 
-def identity(params: Params, seed: int, tokens: Path) -> str:
-    """What a checkpoint must match to be resumed: params that shape training, seed, token bytes."""
+def identity(params: Params, seed: int, tokens: Path, root: Path, code: tuple[str, ...]) -> str:
+    """What a checkpoint must match to be resumed: params that shape training, seed, token bytes,
+    and the stage's code (DVC re-runs the stage when its code changes: the result must then be
+    the new code's, not a finished checkpoint of the old one)."""
     h = xxhash.xxh3_128()
     shaping = params.model_dump(mode="json", exclude={"checkpoint"})
     h.update(atomic.canonical_json({"params": shaping, "seed": seed}).encode())
-    for path in sorted(p for p in tokens.rglob("*") if p.is_file()):
-        h.update(path.relative_to(tokens).as_posix().encode())
+    files = [*sorted(p for p in tokens.rglob("*") if p.is_file()), *(root / f for f in code)]
+    for path in files:
+        h.update(path.relative_to(root).as_posix().encode())
         with open(path, "rb") as fh:
             while chunk := fh.read(1 << 24):
                 h.update(chunk)
@@ -79,8 +84,9 @@ def run(params: Params, ctx: StageContext) -> dict:
         spec = {
             "params": params.model_dump(mode="json"), "seed": ctx.base.seed,
             "tokens_dir": str(tokens), "out_dir": str(out),
-            "ckpt_dir": str(ctx.persist(CHECKPOINTS)), "identity": identity(params, ctx.base.seed,
-                                                                             tokens),
+            "ckpt_dir": str(ctx.persist(CHECKPOINTS)),
+            "identity": identity(params, ctx.base.seed, tokens, ctx.root,
+                                 ctx.stage.code_files(ctx.root)),
             "launch": str(os.getpid()), "report": str(Path(scratch) / "report.json"),
             "threads": ctx.workers, "log_level": ctx.runtime.log_level,
             "progress": ctx.runtime.progress,
