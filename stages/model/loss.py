@@ -27,10 +27,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
         device = h.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
         rows = max(1, CHUNK_ELEMENTS.get(device, GPU_CHUNK_ELEMENTS) // weight.shape[0])
-        need_grad = any(ctx.needs_input_grad[:2])
-        grad_h = torch.empty_like(h)
+        need_grad = any(ctx.needs_input_grad[:2])  # not in evaluation: the loss only
         acc = torch.promote_types(dtype, torch.float32)  # softmax and sums: fp32 or wider
-        grad_w = torch.zeros_like(weight, dtype=acc)
+        if need_grad:
+            grad_h = torch.empty_like(h)
+            grad_w = torch.zeros_like(weight, dtype=acc)
         total = torch.zeros((), dtype=acc, device=h.device)
         with torch.autocast(device, enabled=False):
             w = weight.to(dtype)
@@ -50,7 +51,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
                     grad_w.addmm_(g.t(), hc)
                 else:
                     grad_w += (g.t() @ hc).to(acc)
-        ctx.save_for_backward(grad_h, grad_w.to(weight.dtype))
+        if need_grad:
+            ctx.save_for_backward(grad_h, grad_w.to(weight.dtype))
         return total
 
     @staticmethod
