@@ -6,7 +6,8 @@ weights with each experts implementation (`grouped_mm`, `eager`, and `grouped_mm
 `batched_mm` gathers expert weights per token and ran out of memory here), and a dense Llama with
 the same active parameters (eager and compiled).
 MFU = 6 * active non-embedding params * tokens/s over a 1024^3 fp32 matmul rate measured in the
-same rounds. Peak memory of a step = peak RSS of a fresh process running two steps minus its RSS
+same rounds. Every variant runs the same `seq` input tokens per row (transformers' classes shift
+their labels inside, so they score one position fewer). Peak memory of a step = peak RSS of a fresh process running two steps minus its RSS
 before building the model (params, grads, AdamW state and activations). `name: value` lines last.
 """
 
@@ -61,11 +62,11 @@ def build(name: str, cfg: MoEConfig, ckpt: Path):
         model = load_hf(ckpt, experts_implementation=impl)
         flops = 6 * MoEForCausalLM(cfg).num_params(active=True, embeddings=False)
         run = torch.compile(model) if compiled else model
-        return model, lambda x: run(x, labels=x, output_router_logits=True).loss, flops
+        return model, lambda x: run(x[:, :-1], labels=x[:, :-1], output_router_logits=True).loss, flops
     model = dense_model(cfg)
     flops = 6 * (sum(p.numel() for p in model.parameters()) - cfg.vocab_size * cfg.d_model)
     run = torch.compile(model) if compiled else model
-    return model, lambda x: run(x, labels=x).loss, flops
+    return model, lambda x: run(x[:, :-1], labels=x[:, :-1]).loss, flops
 
 
 def make_step(model, loss_fn):

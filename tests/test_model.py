@@ -10,7 +10,7 @@ from safetensors import safe_open
 
 from stages.model import MoEConfig, MoEForCausalLM, load_hf, load_training_model, save_hf
 from stages.model import loss as loss_module
-from stages.model.moe import SwiGLU, sliding_mask
+from stages.model.moe import sliding_mask, swiglu
 
 TINY = dict(vocab_size=128, d_model=32, n_layers=4, n_heads=4, n_kv_heads=2, n_experts=4, top_k=2,
             expert_size=48, sliding_window=6)
@@ -156,9 +156,16 @@ def test_fused_linear_cross_entropy_matches_unfused(monkeypatch):
     torch.testing.assert_close(grads, (h.grad, w.grad), rtol=1e-9, atol=1e-12)
 
 
-def test_swiglu_backward_matches_autograd():
+def test_fused_swiglu_computes_scaled_silu_gate_times_up_and_its_gradients():
+    """The compiled kernel, fused projection (gate_up) or separate (gate, up): values and the
+    gradients of all inputs (the routing weight included) against finite differences."""
     torch.manual_seed(0)
     gate_up = torch.randn(10, 8, dtype=torch.float64, requires_grad=True)
-    torch.autograd.gradcheck(SwiGLU.apply, (gate_up,))
-    gate, up = gate_up.chunk(2, dim=-1)
-    torch.testing.assert_close(SwiGLU.apply(gate_up), torch.nn.functional.silu(gate) * up)
+    scale = torch.rand(10, dtype=torch.float64, requires_grad=True)
+    gate, up = gate_up.detach().chunk(2, dim=-1)
+    expected = scale.detach()[:, None] * torch.nn.functional.silu(gate) * up
+    torch.testing.assert_close(swiglu(scale, gate_up), expected)
+    torch.autograd.gradcheck(swiglu, (scale, gate_up))
+    gate, up = gate.clone().requires_grad_(), up.clone().requires_grad_()
+    torch.testing.assert_close(swiglu(scale, gate, up), expected)
+    torch.autograd.gradcheck(swiglu, (scale, gate, up))

@@ -5,9 +5,12 @@ Numerics follow those classes (RMSNorm in fp32, half-split RoPE, softmax -> top-
 Mixtral's renormalisation, load-balancing loss pooled over layers as transformers computes it).
 For speed, token slots are sorted by expert and each expert projection is one grouped matmul
 (an opaque custom op, so torch.compile also takes it in fp32); no per-token loops or gathers of
-expert weights. SwiGLU has a hand-written backward (one gradient buffer), sliding-window layers
-run each KV group's queries as one sequence (masked flash kernel, no K/V copies), and the training
-loss is fused with the output projection (`loss.py`).
+expert weights. The elementwise work is fused by torch.compile even in eager mode (eager runs
+each op as its own pass over memory, the main cost besides matmuls on CPU): RMSNorm, RoPE and
+SwiGLU with its routing weight (applied before the down projection, the same by linearity), each
+with its backward. Expert outputs are scattered onto the shared expert's output, sliding-window
+layers run each KV group's queries as one sequence (masked flash kernel, no K/V copies), and the
+training loss is fused with the output projection (`loss.py`).
 """
 
 from __future__ import annotations
@@ -41,9 +44,14 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(x.dtype)
+        return rms_norm(x, self.weight, self.eps)
+
+
+@torch.compile(dynamic=False)  # static: the bits never depend on which shapes ran first
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(x.dtype)
 
 
 def rope_cache(cfg: MoEConfig, seq_len: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,9 +62,14 @@ def rope_cache(cfg: MoEConfig, seq_len: int, device) -> tuple[torch.Tensor, torc
     return emb.cos(), emb.sin()
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     x1, x2 = x.chunk(2, dim=-1)
     return (x * cos + torch.cat((-x2, x1), dim=-1) * sin).to(x.dtype)
+
+
+@torch.compile(dynamic=False)
+def apply_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+    return rotate(q, cos, sin), rotate(k, cos, sin)
 
 
 class Attention(nn.Module):
@@ -75,7 +88,7 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(b, t, self.n_heads, self.hd).transpose(1, 2)
         k = self.k_proj(x).view(b, t, self.n_kv, self.hd).transpose(1, 2)
         v = self.v_proj(x).view(b, t, self.n_kv, self.hd).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k = apply_rope(q, k, cos, sin)
         mask = masks.get(self.window)
         if mask is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
@@ -87,7 +100,7 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    """Dense SwiGLU (the shared expert)."""
+    """Dense SwiGLU (the shared expert), each output row scaled by its gate."""
 
     def __init__(self, d: int, hidden: int):
         super().__init__()
@@ -95,8 +108,8 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(d, hidden, bias=False)
         self.down_proj = nn.Linear(hidden, d, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+    def forward(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(swiglu(scale, self.gate_proj(x), self.up_proj(x)))
 
 
 @torch.library.custom_op("slm::grouped_linear", mutates_args=())
@@ -140,26 +153,12 @@ def loop_linear(x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor) -> torch.T
     return torch.cat([x[s:e] @ w[i].T for i, (s, e) in enumerate(bounds)])
 
 
-class SwiGLU(torch.autograd.Function):
-    """silu(gate) * up over the (rows, 2I) output of the fused gate_up projection. The backward
-    writes both halves of the gradient into one buffer (through `chunk`, autograd would
-    concatenate them: a copy of the layer's largest activation)."""
-
-    @staticmethod
-    def forward(ctx, gate_up: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(gate_up)
-        gate, up = gate_up.chunk(2, dim=-1)
-        return F.silu(gate) * up
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        (gate_up,) = ctx.saved_tensors
-        gate, up = gate_up.chunk(2, dim=-1)
-        out = torch.empty_like(gate_up)
-        d_gate, d_up = out.chunk(2, dim=-1)
-        torch.mul(F.silu(gate), grad, out=d_up)
-        torch.ops.aten.silu_backward.grad_input(grad * up, gate, grad_input=d_gate)
-        return out
+@torch.compile(dynamic=False)
+def swiglu(scale: torch.Tensor, *parts: torch.Tensor) -> torch.Tensor:
+    """scale[:, None] * silu(gate) * up, with `parts` (gate_up,) or (gate, up)."""
+    gate, up = parts[0].chunk(2, dim=-1) if len(parts) == 1 else parts
+    acc = torch.promote_types(gate.dtype, torch.float32)
+    return (F.silu(gate.to(acc)) * up.to(acc) * scale.to(acc).unsqueeze(-1)).to(gate.dtype)
 
 
 class Experts(nn.Module):
@@ -186,32 +185,39 @@ class Experts(nn.Module):
             x, w = x.to(dtype), w.to(dtype)
         return self.linear(x, w, offs)
 
-    def forward(self, x: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor,
+                out: torch.Tensor) -> torch.Tensor:
+        """`out` plus each token's weighted expert outputs."""
         n_experts, k = self.gate_up_proj.shape[0], idx.shape[1]
-        flat = idx.reshape(-1)
-        order = flat.argsort(stable=True)
-        counts = flat.bincount(minlength=n_experts).int()
+        expert, order = idx.reshape(-1).sort(stable=True)
+        # Each group's end row, from the sorted ids: a static shape (bincount's is data-dependent
+        # and breaks a torch.compile graph).
+        ends = torch.searchsorted(expert, torch.arange(1, n_experts + 1, device=x.device),
+                                  out_int32=True)
         token = order // k
         h = x.index_select(0, token)
+        scale = weights.reshape(-1)[order]
         if self.align > 1:
             a = self.align
+            counts = ends.diff(prepend=ends.new_zeros(1))
             padded = (counts + a - 1) // a * a
             starts = padded.cumsum(0, dtype=torch.int32) - padded
-            shift = starts - (counts.cumsum(0, dtype=torch.int32) - counts)
-            dest = torch.arange(flat.numel(), device=x.device) + shift[flat[order]]
+            shift = starts - (ends - counts)
+            dest = torch.arange(expert.numel(), device=x.device) + shift[expert]
             # The buffer's row count is itself a multiple of `align` and the last group absorbs
             # the spare zero rows (offs[-1] == rows): the FP8 wgrad quantises A and grad_output
             # column-major, stride (1, rows), and the scaled grouped GEMM needs 16-byte strides.
-            rows = (flat.numel() + n_experts * (a - 1) + a - 1) // a * a
+            rows = (expert.numel() + n_experts * (a - 1) + a - 1) // a * a
             offs = torch.cat([starts[1:], starts.new_full((1,), rows)])
             h = h.new_zeros(rows, h.shape[1]).index_copy(0, dest, h)
+            scale = scale.new_zeros(rows).index_copy(0, dest, scale)
         else:
-            offs = counts.cumsum(0, dtype=torch.int32)
-        h = self.matmul(SwiGLU.apply(self.matmul(h, "gate_up_proj", offs)), "down_proj", offs)
+            offs = ends
+        gate_up = self.matmul(h, "gate_up_proj", offs)
+        h = self.matmul(swiglu(scale, gate_up), "down_proj", offs)
         if self.align > 1:
             h = h.index_select(0, dest)
-        h = h * weights.reshape(-1, 1)[order].to(h.dtype)
-        return torch.zeros_like(x).index_add_(0, token, h.to(x.dtype))
+        return out.index_add(0, token, h.to(out.dtype))
 
 
 class Router(nn.Module):
@@ -246,10 +252,12 @@ class SparseMoE(nn.Module):
         x = x.reshape(-1, shape[-1])
         logits, probs, top_i, top_w = self.gate(x)
         stats.append((logits, probs, top_i))
-        y = self.experts(x, top_i, top_w)
         if hasattr(self, "shared_expert"):
-            y = y + torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
-        return y.view(shape)
+            y = self.shared_expert(x, torch.sigmoid(self.shared_expert_gate(x)).squeeze(-1))
+            y = y.to(x.dtype)  # a bf16 autocast output would also round the experts' sum
+        else:
+            y = torch.zeros_like(x)
+        return self.experts(x, top_i, top_w, y).view(shape)
 
 
 class Block(nn.Module):
