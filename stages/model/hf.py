@@ -41,16 +41,19 @@ def to_hf_config(cfg: MoEConfig, **extra) -> PreTrainedConfig:
         sliding_window=cfg.sliding_window, layer_types=cfg.layer_types, **common)
 
 
-def save_hf(model: MoEForCausalLM, path: str | Path, precision: dict | None = None) -> Path:
+def save_hf(model: MoEForCausalLM, path: str | Path, precision: dict | None = None,
+            state: dict | None = None) -> Path:
     """Write a transformers checkpoint through `save_pretrained`, so the on-disk layout is the
     canonical one (per-expert tensors) that llama.cpp's converter and older transformers read.
-    config.json also carries `training_precision` and our own `moe_config`."""
+    config.json also carries `training_precision` and our own `moe_config`. `state` is the
+    model's full state dict when the model itself holds only a shard (FSDP)."""
     cfg = model.config
     hf_config = to_hf_config(cfg, training_precision=precision or {"mode": "fp32"},
                              moe_config=cfg.to_dict())
     with torch.device("meta"):
         hf = AutoModelForCausalLM.from_config(hf_config)
-    ours = model.state_dict()  # FP8 modes add amax buffers; export only the model's tensors
+    ours = model.state_dict() if state is None else state  # FP8 modes add amax buffers: export
+    # only the tensors transformers' class has
     hf.load_state_dict({k: ours[k].detach() for k in hf.state_dict()}, assign=True)
     hf.save_pretrained(path)
     return Path(path)

@@ -86,17 +86,21 @@ def evaluate(model, windows, micro: int, acc: Accelerator, autocast) -> dict:
     model.eval()
     nll = torch.zeros((), dtype=torch.float64, device=acc.device)
     count = torch.zeros((), dtype=torch.float64, device=acc.device)
-    mine = range(acc.process_index, len(x_all), acc.num_processes)
-    rows = list(mine)
-    for start in range(0, len(rows), micro):
-        sel = rows[start:start + micro]
+    rows = list(range(acc.process_index, len(x_all), acc.num_processes))
+    # Every process runs the same number of forward passes (an FSDP-sharded model gathers its
+    # weights collectively in each one); a process out of rows runs one row without targets.
+    passes = math.ceil(math.ceil(len(x_all) / acc.num_processes) / micro)
+    for start in range(0, passes * micro, micro):
+        sel = rows[start:start + micro] or [0]
         x, y = x_all[sel].to(acc.device), y_all[sel].to(acc.device)
-        n = (y != IGNORE).sum()
-        if not n:
-            continue
+        if start >= len(rows):
+            y = torch.full_like(y, IGNORE)
         with torch.no_grad(), autocast():
-            nll += model(x, y).ce.double() * n  # the fused loss: no (tokens, vocab) logits
-        count += n
+            ce = model(x, y).ce  # the fused loss: no (tokens, vocab) logits
+        n = (y != IGNORE).sum()
+        if n:
+            nll += ce.double() * n
+            count += n
     nll, count = acc.reduce(nll, "sum"), acc.reduce(count, "sum")
     model.train(was_training)
     loss = (nll / count).item()
@@ -255,10 +259,11 @@ def run_training(spec: dict) -> None:
     if bar:
         bar.close()
     wall = time.perf_counter() - wall_start
+    state = acc.get_state_dict(run_model)  # every process: FSDP gathers the shards
     if not acc.is_main_process:
         return
     out = Path(spec["out_dir"])
-    save_hf(model, out, precision_metadata(pc))
+    save_hf(model, out, precision_metadata(pc), state)
     for f in sorted((tok / "tokenizer").iterdir()):
         shutil.copy2(f, out / f.name)
     training = {"total_steps": total_steps, "tokens": total_steps * step_tokens, "curve": curve,
