@@ -1,7 +1,8 @@
 """Pretrain stage on the tiny profile: the checkpoint loads with transformers and has learned,
 converts to GGUF with llama.cpp's converter (llama.cpp tokenizes and computes the same), training
 resumes bit-identically after two SIGKILLs, incomplete or foreign checkpoints are never
-loaded, and two gloo processes give the loss of one at the same global batch."""
+loaded, two gloo processes give the loss of one at the same global batch, and an FSDP config on
+CPUs stops with a clear error."""
 
 from __future__ import annotations
 
@@ -179,6 +180,17 @@ def test_two_gloo_processes_match_one_at_the_same_global_batch(project: Path, tm
     w2 = load_training_model(two / OUT).state_dict()
     for name, tensor in w1.items():
         torch.testing.assert_close(w2[name], tensor, rtol=1e-3, atol=1e-4)
+
+
+def test_fsdp_config_on_cpus_stops_instead_of_training_unsharded(project: Path):
+    """accelerate runs FSDP only on GPUs; on CPUs it would quietly fall back to DDP."""
+    set_params(project, runtime={"train_processes": 2,
+                                 "accelerate_config": "configs/accelerate/fsdp2.yaml"})
+    proc = _stage_cmd(project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out, _ = proc.communicate()
+    assert proc.returncode != 0
+    assert "asks for FSDP, but accelerate runs FSDP only on GPUs and this run is MULTI_CPU" in out
+    assert not (project / OUT).exists()
 
 
 def test_diverged_training_stops_with_a_clear_error(project: Path):

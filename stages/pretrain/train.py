@@ -122,6 +122,11 @@ def progress_bar(spec: dict, acc: Accelerator, total: int, start: int):
 def run_training(spec: dict) -> None:
     p = Params.model_validate(spec["params"])
     acc = Accelerator(cpu=not torch.cuda.is_available())
+    if os.environ.get("ACCELERATE_USE_FSDP") == "true" and acc.distributed_type != "FSDP":
+        raise RuntimeError(  # accelerate would silently train unsharded (DDP) instead
+            f"runtime.accelerate_config asks for FSDP, but accelerate runs FSDP only on GPUs and "
+            f"this run is {acc.distributed_type.value}: on CPUs drop runtime.accelerate_config "
+            "(runtime.train_processes alone gives DDP over gloo)")
     world, rank = acc.num_processes, acc.process_index
     if acc.device.type == "cpu":
         torch.set_num_threads(max(1, spec["threads"] // world))
