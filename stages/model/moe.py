@@ -47,7 +47,7 @@ class RMSNorm(nn.Module):
         return rms_norm(x, self.weight, self.eps)
 
 
-@torch.compile(dynamic=False)  # static: the bits never depend on which shapes ran first
+@torch.compile(dynamic=True)  # one kernel for all shapes: no recompiles mid-run
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     h = x.float()
     h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
@@ -67,7 +67,7 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     return (x * cos + torch.cat((-x2, x1), dim=-1) * sin).to(x.dtype)
 
 
-@torch.compile(dynamic=False)
+@torch.compile(dynamic=True)
 def apply_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
     return rotate(q, cos, sin), rotate(k, cos, sin)
 
@@ -153,7 +153,7 @@ def loop_linear(x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor) -> torch.T
     return torch.cat([x[s:e] @ w[i].T for i, (s, e) in enumerate(bounds)])
 
 
-@torch.compile(dynamic=False)
+@torch.compile(dynamic=True)
 def swiglu(scale: torch.Tensor, *parts: torch.Tensor) -> torch.Tensor:
     """scale[:, None] * silu(gate) * up, with `parts` (gate_up,) or (gate, up)."""
     gate, up = parts[0].chunk(2, dim=-1) if len(parts) == 1 else parts
