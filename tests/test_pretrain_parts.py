@@ -1,19 +1,22 @@
 """Pretrain building blocks: batches are a pure function of (seed, step), SoftDedup sampling
 follows the weights, evaluation windows predict every token once, schedules have their shape, the
-progress bar appears only for the main process on a terminal."""
+progress bar appears only for the main process on a terminal, every process runs as many
+evaluation forwards as the others (FSDP gathers weights in each)."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import sys
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
 from stages.pretrain.data import IGNORE, Split, eval_windows, global_batch
 from stages.pretrain.schedule import lr_multiplier
-from stages.pretrain.train import progress_bar
+from stages.pretrain.train import evaluate, progress_bar
 from stages.tokenize.pack import PackWriter
 
 SEQ = 8
@@ -101,3 +104,27 @@ def test_progress_bar_only_for_the_main_process_on_a_terminal(monkeypatch):
     assert progress_bar({"progress": True}, SimpleNamespace(is_main_process=False), 10, 0) is None
     monkeypatch.setattr(sys, "stderr", io.StringIO())  # a pipe (Dagster, CI): log lines instead
     assert progress_bar({"progress": True}, main, 10, 0) is None
+
+
+def test_every_process_runs_as_many_evaluation_forwards():
+    """5 windows over 2 processes, 2 per pass: rank 0 runs rows [0, 2] and [4]; rank 1 runs
+    [1, 3] and then a row without targets, which counts nothing."""
+    x = torch.arange(5 * SEQ).view(5, SEQ)
+    y = x + 1
+    seen = []
+
+    class Model(torch.nn.Module):
+        def forward(self, xs, ys):
+            seen.append((xs[:, 0].tolist(), int((ys != IGNORE).sum())))
+            return SimpleNamespace(ce=torch.tensor(2.0))
+
+    def acc(rank):
+        return SimpleNamespace(process_index=rank, num_processes=2, device=torch.device("cpu"),
+                               reduce=lambda t, op: t)
+
+    passes = {}
+    for rank in (0, 1):
+        seen.clear()
+        assert evaluate(Model(), (x, y, 100), 2, acc(rank), contextlib.nullcontext)["loss"] == 2.0
+        passes[rank] = list(seen)
+    assert passes == {0: [([0, 16], 2 * SEQ), ([32], SEQ)], 1: [([8, 24], 2 * SEQ), ([0], 0)]}

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DistributedType
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from stages.model import MoEConfig, MoEForCausalLM, save_hf
@@ -91,11 +91,11 @@ def evaluate(model, windows, micro: int, acc: Accelerator, autocast) -> dict:
     # weights collectively in each one); a process out of rows runs one row without targets.
     passes = math.ceil(math.ceil(len(x_all) / acc.num_processes) / micro)
     for start in range(0, passes * micro, micro):
-        sel = rows[start:start + micro] or [0]
-        x, y = x_all[sel].to(acc.device), y_all[sel].to(acc.device)
-        if start >= len(rows):
+        sel = rows[start:start + micro]
+        x, y = x_all[sel or [0]].to(acc.device), y_all[sel or [0]].to(acc.device)
+        if not sel:
             y = torch.full_like(y, IGNORE)
-        with torch.no_grad(), autocast():
+        with autocast():
             ce = model(x, y).ce  # the fused loss: no (tokens, vocab) logits
         n = (y != IGNORE).sum()
         if n:
@@ -122,7 +122,8 @@ def progress_bar(spec: dict, acc: Accelerator, total: int, start: int):
 def run_training(spec: dict) -> None:
     p = Params.model_validate(spec["params"])
     acc = Accelerator(cpu=not torch.cuda.is_available())
-    if os.environ.get("ACCELERATE_USE_FSDP") == "true" and acc.distributed_type != "FSDP":
+    if (os.environ.get("ACCELERATE_USE_FSDP") == "true"
+            and acc.distributed_type != DistributedType.FSDP):
         raise RuntimeError(  # accelerate would silently train unsharded (DDP) instead
             f"runtime.accelerate_config asks for FSDP, but accelerate runs FSDP only on GPUs and "
             f"this run is {acc.distributed_type.value}: on CPUs drop runtime.accelerate_config "
