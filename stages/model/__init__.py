@@ -21,10 +21,17 @@ GPT-OSS (`layer_types` and a window-aware llama.cpp arch, but its experts are a 
 with biases plus attention sinks, and its converter has the same GPT-2 vocabulary path).
 """
 
-from stages.model.config import MoEConfig
-from stages.model.hf import load_hf, load_training_model, save_hf, to_hf_config
-from stages.model.moe import MoEForCausalLM
+from importlib import import_module
 
-__all__ = [
-    "MoEConfig", "MoEForCausalLM", "load_hf", "load_training_model", "save_hf", "to_hf_config",
-]
+# Imported on first use (PEP 562): `stages.model.config` must stay importable without torch.
+_EXPORTS = {
+    "MoEConfig": "config", "MoEForCausalLM": "moe", "load_hf": "hf",
+    "load_training_model": "hf", "save_hf": "hf", "to_hf_config": "hf",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)

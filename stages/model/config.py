@@ -1,4 +1,8 @@
-"""Model hyper-parameters as a plain dataclass (no pydantic: the GPU box must import it bare)."""
+"""Model and precision hyper-parameters as plain dataclasses.
+
+No pydantic (the GPU box must import it bare) and no torch: params validation imports this module
+in every stage's process, and torch + transformers would cost seconds there.
+"""
 
 from __future__ import annotations
 
@@ -64,3 +68,30 @@ class MoEConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+RECIPES = {
+    "fp32": ("none",),
+    "bf16": ("none",),
+    "fp8_emulated": ("delayed", "current"),
+    "fp8_torchao": ("tensorwise", "rowwise"),
+    "fp8_te": ("delayed", "current", "mxfp8", "nvfp4"),
+}
+
+
+@dataclass(frozen=True)
+class PrecisionConfig:
+    """A precision mode and its recipe (modes in `stages.model.precision`)."""
+
+    mode: str = "fp32"
+    recipe: str | None = None  # None: the mode's first recipe in RECIPES
+    amax_history_len: int = 16
+    margin: int = 0
+
+    def __post_init__(self):
+        if self.mode not in RECIPES:
+            raise ValueError(f"precision mode must be one of {sorted(RECIPES)}, got {self.mode!r}")
+        if self.recipe is None:
+            object.__setattr__(self, "recipe", RECIPES[self.mode][0])
+        if self.recipe not in RECIPES[self.mode]:
+            raise ValueError(f"{self.mode} recipes: {RECIPES[self.mode]}, got {self.recipe!r}")

@@ -20,40 +20,18 @@ The router, the shared-expert gate, embeddings and lm_head always stay in high p
 from __future__ import annotations
 
 import contextlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from importlib.metadata import PackageNotFoundError, version
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stages.model.config import PrecisionConfig
 from stages.model.moe import Experts
 
-RECIPES = {
-    "fp32": ("none",),
-    "bf16": ("none",),
-    "fp8_emulated": ("delayed", "current"),
-    "fp8_torchao": ("tensorwise", "rowwise"),
-    "fp8_te": ("delayed", "current", "mxfp8", "nvfp4"),
-}
 HIGH_PRECISION = ("lm_head", "shared_expert_gate")  # plus the router, which is not an nn.Linear
 E4M3, E5M2 = torch.float8_e4m3fn, torch.float8_e5m2
-
-
-@dataclass(frozen=True)
-class PrecisionConfig:
-    mode: str = "fp32"
-    recipe: str | None = None  # None: the mode's first recipe in RECIPES
-    amax_history_len: int = 16
-    margin: int = 0
-
-    def __post_init__(self):
-        if self.mode not in RECIPES:
-            raise ValueError(f"precision mode must be one of {sorted(RECIPES)}, got {self.mode!r}")
-        if self.recipe is None:
-            object.__setattr__(self, "recipe", RECIPES[self.mode][0])
-        if self.recipe not in RECIPES[self.mode]:
-            raise ValueError(f"{self.mode} recipes: {RECIPES[self.mode]}, got {self.recipe!r}")
 
 
 def precision_metadata(pc: PrecisionConfig) -> dict:

@@ -11,8 +11,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from stages.model.config import ARCHS
-from stages.model.precision import RECIPES, PrecisionConfig
+from stages.model.config import ARCHS, RECIPES, PrecisionConfig
 from stages.params import StrictModel
 
 
