@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -62,6 +64,16 @@ def test_stage_code_imports_neither_dagster_nor_dvc():
             for name in names:
                 assert name.split(".")[0] not in {"dagster", "dvc"}, f"{path}: imports {name}"
 
+
+
+def test_params_validation_imports_no_ml_framework():
+    """Every stage process validates all params first; torch + transformers would add seconds."""
+    code = ("import sys; from pathlib import Path; from stages import params; "
+            "params.load(Path('.')); "
+            "print(sorted({'torch', 'transformers', 'accelerate'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
 
 def test_registry_rules():
     a = Stage(name="a", description="", code=(), out="data/a")
