@@ -156,6 +156,27 @@ def test_fused_linear_cross_entropy_matches_unfused(monkeypatch):
     torch.testing.assert_close(grads, (h.grad, w.grad), rtol=1e-9, atol=1e-12)
 
 
+def test_fused_cross_entropy_under_bf16_autocast_matches_the_autocast_loss(monkeypatch):
+    """The mixed-precision path (GPU training): bf16 matmuls, fp32 softmax, fp32 gradients out."""
+    monkeypatch.setitem(loss_module.CHUNK_ELEMENTS, "cpu", 300 * 64)
+    torch.manual_seed(0)
+    h = torch.randn(150, 16, requires_grad=True)
+    w = torch.randn(300, 16, requires_grad=True)
+    t = torch.randint(0, 300, (150,))
+    t[::7] = loss_module.IGNORE
+    with torch.autocast("cpu", torch.bfloat16):
+        fused = loss_module.linear_cross_entropy(h, w, t)
+    fused.backward()
+    grads = h.grad.clone(), w.grad.clone()
+    h.grad = w.grad = None
+    with torch.autocast("cpu", torch.bfloat16):
+        logits = torch.nn.functional.linear(h, w)
+    torch.nn.functional.cross_entropy(logits.float(), t).backward()
+    assert fused.dtype == grads[0].dtype == grads[1].dtype == torch.float32
+    torch.testing.assert_close(fused, torch.nn.functional.cross_entropy(logits.float(), t))
+    torch.testing.assert_close(grads, (h.grad, w.grad), rtol=2e-2, atol=2e-3)
+
+
 def test_fused_swiglu_computes_scaled_silu_gate_times_up_and_its_gradients():
     """The compiled kernel, fused projection (gate_up) or separate (gate, up): values and the
     gradients of all inputs (the routing weight included) against finite differences."""
