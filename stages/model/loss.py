@@ -35,9 +35,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad_h = torch.empty_like(h, dtype=dtype)
             grad_w = torch.zeros_like(weight, dtype=acc)
         total = torch.zeros((), dtype=acc, device=h.device)
-        # One logits buffer reused by every chunk (and the log-softmax written into it when it
-        # is already fp32): a fresh chunk-sized tensor per matmul costs page faults on CPU.
+        # One logits buffer reused by every chunk: a fresh chunk-sized tensor per matmul costs
+        # page faults on CPU. There the log-softmax is written into it too (when already fp32);
+        # elsewhere it gets its own tensor (CUDA's caching allocator makes that cheap, and the
+        # in-place kernel is only measured and tested on CPU).
         buffer = h.new_empty(rows, weight.shape[0], dtype=dtype)
+        in_place = device == "cpu" and dtype == acc
         with torch.autocast(device, enabled=False):
             w = weight.to(dtype)
             for start in range(0, h.shape[0], rows):
@@ -46,7 +49,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 valid = (t != IGNORE).unsqueeze(1)
                 t = t.clamp_min(0).unsqueeze(1)
                 logits = torch.mm(hc, w.t(), out=buffer[:hc.shape[0]])
-                logp = (torch.log_softmax(logits, 1, out=logits) if dtype == acc
+                logp = (torch.log_softmax(logits, 1, out=logits) if in_place
                         else logits.to(acc).log_softmax(dim=-1))
                 total -= (logp.gather(1, t) * valid).sum()
                 if not need_grad:
