@@ -52,8 +52,8 @@ def save_hf(model: MoEForCausalLM, path: str | Path, precision: dict | None = No
                              moe_config=cfg.to_dict())
     with torch.device("meta"):
         hf = AutoModelForCausalLM.from_config(hf_config)
-    ours = model.state_dict() if state is None else state  # FP8 modes add amax buffers: export
-    # only the tensors transformers' class has
+    ours = model.state_dict() if state is None else state
+    # FP8 modes add amax buffers: export only the tensors transformers' class has.
     hf.load_state_dict({k: ours[k].detach() for k in hf.state_dict()}, assign=True)
     hf.save_pretrained(path)
     return Path(path)
