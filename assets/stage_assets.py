@@ -72,15 +72,22 @@ def _out_stats(path: Path) -> tuple[int, int]:
     return sum(p.stat().st_size for p in files), len(files)
 
 
+def _scalar(value: Any) -> bool:
+    return isinstance(value, (int, float, str)) and not isinstance(value, bool)
+
+
 def _metrics(stage: Stage, root: Path) -> dict[str, Any]:
-    """Top-level numbers from the stage's metrics files, for materialization metadata."""
+    """Numbers and labels from the stage's metrics files, for materialization metadata: the top
+    level, and one level of nested tables (`metric/rejected_by_reason.empty`)."""
     out: dict[str, Any] = {}
     for rel in stage.metrics:
         path = root / rel
         if path.exists():
             for key, value in json.loads(path.read_text()).items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                if _scalar(value):
                     out[f"metric/{key}"] = value
+                elif isinstance(value, dict):
+                    out.update({f"metric/{key}.{k}": v for k, v in value.items() if _scalar(v)})
     return out
 
 

@@ -1,6 +1,6 @@
-"""Data-efficiency ablation: the same model and token budget on raw, filtered, deduplicated and
-SoftDedup-weighted data, evaluated on the same held-out text (split off at ingest, before any
-curation) in bits per byte, so runs with different tokenizers stay comparable.
+"""Data-efficiency ablation: the same model and token budget on raw, filtered, deduplicated,
+SoftDedup-weighted and synthetic-augmented data, evaluated on the same held-out text (split off at
+ingest, before any curation) in bits per byte, so runs with different tokenizers stay comparable.
 
 Each variant is the pipeline with two params changed (what `dvc exp run` would set):
 
@@ -8,6 +8,7 @@ Each variant is the pipeline with two params changed (what `dvc exp run` would s
     filtered   -S tokenize.corpus=filter -S pretrain.sampling=uniform
     deduped    -S tokenize.corpus=dedup  -S pretrain.sampling=uniform
     softdedup  -S tokenize.corpus=dedup  -S pretrain.sampling=softdedup
+    synth      -S tokenize.corpus=mix    -S pretrain.sampling=uniform   (deduped + synthetic)
 
 run with `dvc repro pretrain` in its own copy of the project that shares this project's DVC cache
 (upstream stages are restored from DVC's run cache, not recomputed). Output: one chart of held-out
@@ -39,6 +40,7 @@ VARIANTS = {
     "filtered": {"tokenize": {"corpus": "filter"}, "pretrain": {"sampling": "uniform"}},
     "deduped": {"tokenize": {"corpus": "dedup"}, "pretrain": {"sampling": "uniform"}},
     "softdedup": {"tokenize": {"corpus": "dedup"}, "pretrain": {"sampling": "softdedup"}},
+    "synth": {"tokenize": {"corpus": "mix"}, "pretrain": {"sampling": "uniform"}},
 }
 SKIP_TOP = {"data", "reports", "checkpoints", "dvc.lock", ".dagster_home", "docs", "bench"}
 

@@ -35,6 +35,22 @@ def file_md5(path: Path) -> str:
     return h.hexdigest()
 
 
+def external_md5(path: Path) -> str:
+    """The md5 DVC records for an input no stage produces (e.g. a generator model): a file's
+    md5, or a directory's `.dir` hash computed by DVC's own library (dvc-data), never re-derived
+    here."""
+    if path.is_file():
+        return file_md5(path)
+    from dvc_data.hashfile.build import build
+    from dvc_data.hashfile.db import HashFileDB
+    from dvc_objects.fs.local import LocalFileSystem
+    from dvc_objects.fs.memory import MemoryFileSystem
+
+    odb = HashFileDB(MemoryFileSystem(), "/odb")
+    _, _, obj = build(odb, str(path.resolve()), LocalFileSystem(), "md5", dry_run=True)
+    return obj.hash_info.value
+
+
 def _canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
@@ -53,6 +69,9 @@ def code_version(stage: Stage, root: Path, raw_params: dict[str, Any]) -> str:
     for rel in stage.code_files(root):
         h.update(f"\0{rel}\0{file_md5(root / rel)}".encode())
     h.update(_canonical(declared_params(stage, raw_params)).encode())
+    for dep in stage.deps:  # inputs no stage produces have no data version: their content counts
+        if producer_of(dep) is None and (root / dep).exists():
+            h.update(f"\0{dep}\0{external_md5(root / dep)}".encode())
     return h.hexdigest()[:24]
 
 
@@ -126,6 +145,8 @@ def fingerprint(
             reasons.append(f"input {dep}: {producer.name} has not been recorded yet")
         elif producer and recorded[dep] != current:
             reasons.append(f"input changed: {dep} (new output of {producer.name})")
+        elif not producer and (root / dep).exists() and recorded[dep] != external_md5(root / dep):
+            reasons.append(f"input changed: {dep} (external)")
     old_params = (entry.get("params") or {}).get(params_mod.PARAMS_FILE, {})
     for key, value in declared_params(stage, raw_params).items():
         if key not in old_params:

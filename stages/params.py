@@ -44,6 +44,12 @@ class Runtime(StrictModel):
     s3_endpoint_url: str | None = Field(
         None, description="S3-compatible endpoint for s3:// sources (else AWS_ENDPOINT_URL or AWS)"
     )
+    synth_cache: str = Field(
+        ".cache/synth", description="the generation cache directory (relative to the project)"
+    )
+    synth_cache_url: str | None = Field(
+        None, description="s3://bucket/prefix sharing the generation cache between machines"
+    )
 
 
 class Orchestration(StrictModel):

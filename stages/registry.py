@@ -163,10 +163,61 @@ STAGES: tuple[Stage, ...] = (
         ),
     ),
     Stage(
+        name="synth",
+        description="Synthetic documents and a LIMO-style reasoning set, generated and curated.",
+        code=("stages/synth",),
+        deps=("data/dedup", "data/signals", "data/ingest", "models/generator"),
+        params=(
+            "base.seed", "synth.backend", "synth.model", "synth.endpoint", "synth.sampling",
+            "synth.problems", "synth.max_steps", "synth.renderings", "synth.problem_prompt",
+            "synth.seeds", "synth.prompts", "synth.code_trace", "synth.qc", "synth.limo",
+            "synth.max_failed_fraction", "synth.samples", "signals", "filter.gopher_quality",
+            "filter.gopher_repetition", "filter.c4", "filter.fineweb", "filter.language",
+            "filter.toxicity", "filter.code", "dedup.shingle_size", "dedup.num_perm",
+            "dedup.bands", "dedup.rows", "dedup.jaccard_threshold", "dedup.decontam_ngram",
+        ),
+        out="data/synth",
+        metrics=("reports/synth/metrics.json",),
+        checks=(
+            MetricCheck(
+                "generated_documents_accepted",
+                "some generated documents pass QC",
+                lambda m: m["accepted"] > 0,
+            ),
+            MetricCheck(
+                "counts_reconcile",
+                "jobs = generated + failed, generated = accepted + rejected",
+                lambda m: (
+                    m["jobs"] == m["generated"] + m["failed"]
+                    and m["generated"] == m["accepted"] + m["rejected"]
+                ),
+            ),
+        ),
+    ),
+    Stage(
+        name="mix",
+        description="The synthetic-augmented corpus: curated + accepted synthetic documents.",
+        code=("stages/mix", "stages/synth/__init__.py"),
+        deps=("data/dedup", "data/synth"),
+        params=("base.seed", "mix"),
+        out="data/mix",
+        metrics=("reports/mix/metrics.json",),
+        checks=(
+            MetricCheck(
+                "ratio_reached",
+                "the synthetic share is within 2 points of the target, or every document is used",
+                lambda m: (
+                    abs(m["synthetic_fraction"] - m["synthetic_fraction_target"]) <= 0.02
+                    or m["synthetic_docs"] == m["synthetic_available_docs"]
+                ),
+            ),
+        ),
+    ),
+    Stage(
         name="tokenize",
         description="SentencePiece tokenizer (HF format) and packed train/validation/eval tokens.",
         code=("stages/tokenize",),
-        deps=("data/dedup", "data/ingest", "data/filter"),
+        deps=("data/mix", "data/dedup", "data/ingest", "data/filter"),
         params=("base.seed", "tokenize"),
         out="data/tokenize",
         metrics=("reports/tokenize/metrics.json",),

@@ -38,6 +38,14 @@ class StageContext:
     runtime: params.Runtime
     log: logging.Logger
     _tmp: dict[str, Path] = field(default_factory=dict)
+    _sections: dict[str, params.StrictModel] = field(default_factory=dict)
+
+    def section(self, name: str) -> params.StrictModel:
+        """Validated params of another stage's section that this stage declares (all of it or
+        some of its keys), e.g. the curation thresholds `synth` applies to generated text."""
+        if not any(p == name or p.startswith(name + ".") for p in self.stage.params):
+            raise KeyError(f"stage {self.stage.name!r} does not declare params of {name!r}")
+        return self._sections[name]
 
     def dep(self, path: str) -> Path:
         """A declared data dep, or a path inside one (e.g. `data/ingest/heldout`)."""
@@ -126,6 +134,7 @@ def run_stage(name: str, root: Path = ROOT) -> dict:
         base=models["base"],  # type: ignore[arg-type]
         runtime=runtime,
         log=logging.getLogger(f"stages.{name}"),
+        _sections=models,
     )
     started = time.monotonic()
     ctx.log.info("running stage %s", name)

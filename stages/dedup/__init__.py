@@ -98,7 +98,7 @@ def _exact_key(text: str) -> str:
     return " ".join(unicodedata.normalize("NFKC", text).lower().split())
 
 
-def _heldout_ngrams(shards: list[Path], n: int) -> np.ndarray:
+def heldout_ngrams(shards: list[Path], n: int) -> np.ndarray:
     """Sorted hashes of every n-gram of normalised words in the held-out texts."""
     found = [np.zeros(0, dtype=np.uint64)]
     for shard in shards:
@@ -108,26 +108,55 @@ def _heldout_ngrams(shards: list[Path], n: int) -> np.ndarray:
     return np.unique(np.concatenate(found))
 
 
+def scan_texts(texts: list[str], heldout: np.ndarray, params: Params, seed: int) -> dict:
+    """Per text: held-out n-gram hits, exact key, MinHash signature, whether it has shingles;
+    plus its normalised word hashes (`h`, `counts`) for SoftDedup."""
+    n = params.decontam_ngram
+    h, offsets = normalized_hashes(texts)
+    starts = np.flatnonzero(ngram_valid(offsets, n))
+    found = np.isin(ngram_hashes(h, n)[n - 1][starts], heldout)
+    doc = np.searchsorted(offsets, starts[found], side="right") - 1
+    shingles, rows = shingle_rows(h, offsets, params.shingle_size)
+    return {"exact": stable_hashes(map(_exact_key, texts), len(texts)),
+            "sig": minhash.signatures(shingles, rows, params.num_perm, seed),
+            "shingled": np.diff(rows) > 0,
+            "hits": np.bincount(doc, minlength=len(texts)),
+            "h": h, "counts": np.diff(offsets)}
+
+
+def duplicates(alive: np.ndarray, exact: np.ndarray, sig: np.ndarray, shingled: np.ndarray,
+               rank: np.ndarray, params: Params) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Representatives among the `alive` documents: exact groups first, then MinHash near groups
+    of what survives; each group keeps its member with the smallest `rank`.
+
+    Returns (exact_rep, near_rep, lsh) where `x_rep[i] != i` marks document i as a duplicate of
+    `x_rep[i]`, and `lsh` has the candidate and verified pair counts.
+    """
+    index = np.arange(len(alive))
+    live = np.flatnonzero(alive)
+    exact_rep = index.copy()
+    exact_group = np.unique(exact[live], return_inverse=True)[1]
+    exact_rep[live] = live[_representatives(exact_group, rank[live])]
+    cands = np.flatnonzero(alive & (exact_rep == index) & shingled)
+    a, b = minhash.candidate_pairs(sig[cands], params.bands, params.rows)
+    verified = minhash.agreement(sig[cands], a, b) >= params.jaccard_threshold
+    near_rep = index.copy()
+    root = minhash.components(len(cands), a[verified], b[verified])
+    near_rep[cands] = cands[_representatives(root, rank[cands])]
+    return exact_rep, near_rep, {"candidates": cands, "candidate_pairs": len(a),
+                                 "verified_pairs": int(verified.sum())}
+
+
 def _scan(unit: Unit, scratch: Path, params: Params, seed: int) -> dict:
     """Pass 1 over a unit: contamination, exact keys, MinHash signatures; tokens to scratch."""
     heldout = np.load(scratch / "heldout.npy")
-    n = params.decontam_ngram
     parts: dict[str, list] = {"doc_id": [], **{k: [v] for k, v in _empty(params).items()}}
     for table in unit.read(["doc_id", "text", "n_chars"]):
         texts = [t or "" for t in table["text"].to_pylist()]
-        h, offsets = normalized_hashes(texts)
-        starts = np.flatnonzero(ngram_valid(offsets, n))
-        found = np.isin(ngram_hashes(h, n)[n - 1][starts], heldout)
-        doc = np.searchsorted(offsets, starts[found], side="right") - 1
-        shingles, rows = shingle_rows(h, offsets, params.shingle_size)
         parts["doc_id"] += table["doc_id"].to_pylist()
         parts["n_chars"].append(table["n_chars"].to_numpy())
-        parts["exact"].append(stable_hashes(map(_exact_key, texts), len(texts)))
-        parts["sig"].append(minhash.signatures(shingles, rows, params.num_perm, seed))
-        parts["shingled"].append(np.diff(rows) > 0)
-        parts["hits"].append(np.bincount(doc, minlength=len(texts)))
-        parts["h"].append(h)
-        parts["counts"].append(np.diff(offsets))
+        for key, value in scan_texts(texts, heldout, params, seed).items():
+            parts[key].append(value)
     out = {k: (v if k == "doc_id" else np.concatenate(v)) for k, v in parts.items()}
     np.savez(scratch / f"{unit.name}.npz", h=out.pop("h"), counts=out.pop("counts"))
     return out
@@ -204,7 +233,7 @@ def _run(params: Params, ctx, pool: Workers) -> dict:
     out_dir.mkdir(parents=True)
     scratch = out_dir / "_scratch"
     scratch.mkdir()
-    heldout = _heldout_ngrams(list_shards(ctx.dep(HELDOUT)), params.decontam_ngram)
+    heldout = heldout_ngrams(list_shards(ctx.dep(HELDOUT)), params.decontam_ngram)
     np.save(scratch / "heldout.npy", heldout)
 
     # Pass 1: contamination, exact keys and signatures of every document.
@@ -224,19 +253,9 @@ def _run(params: Params, ctx, pool: Workers) -> dict:
 
     contaminated = cat["hits"] > 0
     alive = np.flatnonzero(~contaminated)
-    exact_rep = index.copy()
-    exact_group = np.unique(cat["exact"][alive], return_inverse=True)[1]
-    exact_rep[alive] = alive[_representatives(exact_group, rank[alive])]
-    exact_dup = exact_rep != index
-
-    cands = np.flatnonzero(~contaminated & ~exact_dup & cat["shingled"])
-    sig = cat["sig"][cands]
-    a, b = minhash.candidate_pairs(sig, params.bands, params.rows)
-    verified = minhash.agreement(sig, a, b) >= params.jaccard_threshold
-    near_rep = index.copy()
-    root = minhash.components(len(cands), a[verified], b[verified])
-    near_rep[cands] = cands[_representatives(root, rank[cands])]
-    near_dup = near_rep != index
+    exact_rep, near_rep, lsh = duplicates(~contaminated, cat["exact"], cat["sig"],
+                                          cat["shingled"], rank, params)
+    exact_dup, near_dup, cands = exact_rep != index, near_rep != index, lsh["candidates"]
     keep = ~contaminated & ~exact_dup & ~near_dup
     ctx.log.info("dedup: %d contaminated, %d exact and %d near duplicates of %d documents",
                  contaminated.sum(), exact_dup.sum(), near_dup.sum(), n)
@@ -306,8 +325,8 @@ def _run(params: Params, ctx, pool: Workers) -> dict:
         "near_cluster_max_size": max(near_sizes, default=0),
         "near_cluster_mean_size": round(sum(k * v for k, v in near_sizes.items())
                                         / max(1, clusters), 6),
-        "lsh_candidate_pairs": len(a),
-        "verified_pairs": int(verified.sum()),
+        "lsh_candidate_pairs": lsh["candidate_pairs"],
+        "verified_pairs": lsh["verified_pairs"],
         "heldout_ngrams": len(heldout),
         "lm_tokens": total,
         "weights_sum": round(float(weight.sum()), 6),

@@ -78,9 +78,11 @@ class Params(StrictModel):
                 for d, groups in self.apply.items()}
 
 
-def _decide(sig: pa.Table, domains: np.ndarray, rules: dict[str, list[Rule]],
-            failing: Counter) -> np.ndarray:
-    """Name of the first failed rule per row ("" = kept); counts every failure in `failing`."""
+def decide(sig: pa.Table, domains: np.ndarray, rules: dict[str, list[Rule]],
+           failing: Counter | None) -> np.ndarray:
+    """Name of the first failed rule per row ("" = kept); counts every failure in `failing`.
+
+    Also what `synth` applies to generated text."""
     first = np.full(len(domains), "", dtype=object)
     for domain in sorted(set(domains)):
         if domain not in rules:
@@ -88,7 +90,8 @@ def _decide(sig: pa.Table, domains: np.ndarray, rules: dict[str, list[Rule]],
         mask = domains == domain
         for rule in rules[domain]:
             fails = rule.fails(sig) & mask
-            failing[rule.name] += int(fails.sum())
+            if failing is not None:
+                failing[rule.name] += int(fails.sum())
             first[fails & (first == "")] = rule.name
     return first
 
@@ -110,7 +113,7 @@ def _shard(src: Path, signals_dir: Path, out_dir: Path, params: Params) -> dict:
             if not sig["doc_id"].equals(table["doc_id"]):
                 raise ValueError(f"{src.name}: signals do not match the corpus; re-run `signals`")
             domains = np.array(table["domain"].to_pylist(), dtype=object)
-            first = _decide(sig, domains, rules, failing)
+            first = decide(sig, domains, rules, failing)
             keep = first == ""
             writer.write(table.filter(pa.array(keep)))
             chars = table["n_chars"].to_numpy()

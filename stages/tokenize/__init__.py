@@ -2,8 +2,9 @@
 
 1. A SentencePiece model (`model_type` BPE or unigram, `vocab_size`, byte fallback, identity
    normalisation so every text round-trips exactly, whitespace-only pieces allowed for code) is
-   trained on the texts of the corpus that `corpus` names (default `data/dedup/corpus`; `filter`
-   and `raw` take earlier curation steps, for data ablations), in corpus order, split at line
+   trained on the texts of the corpus that `corpus` names (default `data/mix/corpus`, the curated
+   corpus augmented with synthetic documents; `dedup`, `filter` and `raw` take earlier curation
+   steps, for data ablations), in corpus order, split at line
    boundaries into chunks of at most `CHUNK_CHARS` (all of them, or the `max_sentences` with the
    lowest seeded hashes). One thread, no shuffling, our own sampling: the same corpus and params
    give the same model bytes in every process.
@@ -36,6 +37,7 @@ from stages.params import StrictModel
 from stages.tokenize.pack import PackWriter, token_dtype
 
 CORPORA = {  # tokenize.corpus -> the documents trained on (ablations use the earlier ones)
+    "mix": "data/mix/corpus",  # the deduped corpus + accepted synthetic documents
     "dedup": "data/dedup/corpus",  # filtered, deduplicated, decontaminated, SoftDedup-weighted
     "filter": "data/filter/corpus",  # quality-filtered only (weight 1)
     "raw": "data/ingest/corpus",  # as ingested (weight 1)
@@ -60,7 +62,7 @@ class Params(StrictModel):
     seq_len: int = Field(512, ge=2, description="tokens per packed sequence")
     val_fraction: float = Field(0.02, ge=0, lt=1, description="documents held for validation")
     corpus: Literal[tuple(CORPORA)] = Field(  # type: ignore[valid-type]
-        "dedup", description="which curation step's documents to train on (data ablations)")
+        "mix", description="which curation step's documents to train on (data ablations)")
 
     @field_validator("max_sentences")
     @classmethod

@@ -1,0 +1,154 @@
+"""The synth and mix stages on the tiny profile: outputs with provenance, a LIMO set and a report;
+every accepted answer re-verifies by recomputation; the generation cache answers re-runs, mix
+changes, a killed run's restart and another machine (through S3) without asking the backend again;
+backend failures are retried, counted and fail the stage above the configured share."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from orchestration.dvc_cli import venv_env
+from stages import synth
+from stages.runner import run_stage
+from stages.synth import problems
+from stages.synth.problems import Problem
+from tests.conftest import TINY, copy_project, set_params
+
+pytestmark = pytest.mark.slow
+UPSTREAM = ("ingest", "signals", "filter", "dedup")
+
+
+@pytest.fixture(scope="module")
+def curated(tmp_path_factory) -> Path:
+    """A tiny-profile project with the curation stages run (no DVC needed here)."""
+    root = copy_project(tmp_path_factory.mktemp("synth") / "project")
+    set_params(root, **TINY)
+    for name in UPSTREAM:
+        run_stage(name, root)
+    return root
+
+
+def _copy(src: Path, dest: Path) -> Path:
+    shutil.copytree(src, dest, symlinks=True)
+    return dest
+
+
+def _metrics(root: Path, name: str) -> dict:
+    return json.loads((root / f"reports/{name}/metrics.json").read_text())
+
+
+def _outputs(root: Path) -> dict[str, bytes]:
+    out = root / synth.OUT
+    return {p.relative_to(out).as_posix(): p.read_bytes()
+            for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def _stage(root: Path, name: str, **popen) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "stages", "run", name], cwd=root,
+                            env=venv_env(), start_new_session=True, **popen)
+
+
+def _run(root: Path, name: str) -> dict:
+    proc = _stage(root, name, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out, _ = proc.communicate()
+    assert proc.returncode == 0, out
+    return _metrics(root, name)
+
+
+@pytest.fixture(scope="module")
+def synthesized(curated: Path, tmp_path_factory) -> Path:
+    root = _copy(curated, tmp_path_factory.mktemp("synthesized") / "project")
+    _run(root, "synth")
+    _run(root, "mix")
+    return root
+
+
+def test_outputs_carry_provenance_limo_and_report(synthesized: Path):
+    m = _metrics(synthesized, "synth")
+    assert m["backend"] == "templates" and m["model"].startswith("templates:")
+    assert m["jobs"] == m["generated"] + m["failed"] and m["failed"] == 0
+    assert m["generated"] == m["accepted"] + m["rejected"] and m["accepted"] > 0
+    assert m["backend_calls"] == m["jobs"] and m["cache_hits"] == 0
+    assert sum(m["rejected_by_reason"].values()) == m["rejected"]
+    families = {t.split("/")[0] for t in m["accepted_by_template"]}
+    assert {"arithmetic", "word_problem", "unit_conversion", "list_puzzle"} <= families
+
+    curated_schema = pq.read_schema(next((synthesized / "data/dedup/corpus").glob("*.parquet")))
+    table = pq.read_table(synthesized / synth.GENERATED / "part-00000.parquet")
+    assert table.schema.names == curated_schema.names + list(synth.PROVENANCE)
+    rows = table.to_pylist()
+    assert len(rows) == m["accepted"] and len({r["doc_id"] for r in rows}) == len(rows)
+    assert all(r["origin"] == "synthetic" and r["backend"] == "templates"
+               and r["model"] == m["model"] and r["template"] for r in rows)
+    assert all(r["seed_doc_id"] for r in rows if r["template"] in ("qa", "explain_code"))
+
+    limo = [json.loads(line) for line in
+            (synthesized / synth.LIMO / "train.jsonl").read_text().splitlines()]
+    held = [json.loads(line) for line in
+            (synthesized / synth.LIMO / "eval.jsonl").read_text().splitlines()]
+    assert limo and len(limo) + len(held) == m["limo_train"] + m["limo_eval"]
+    assert all(r["difficulty"] >= 3 and r["prompt"] and r["response"].rstrip().endswith(
+        f"Answer: {r['answer']}") for r in limo + held)
+    assert len({r["id"] for r in limo + held}) == len(limo) + len(held)  # one per problem
+
+    report = json.loads((synthesized / synth.REPORT).read_text())
+    assert set(report["rejected_by_reason"]) == set(m["rejected_by_reason"])
+    assert all(report["samples_rejected"][r] for r in m["rejected_by_reason"])
+    assert report["limo"]["selected"] == len(limo) + len(held)
+
+    mix = _metrics(synthesized, "mix")
+    assert mix["synthetic_docs"] > 0 and mix["curated_docs"] > 0
+    assert (abs(mix["synthetic_fraction"] - mix["synthetic_fraction_target"]) <= 0.02
+            or mix["synthetic_docs"] == mix["synthetic_available_docs"])
+    mixed = pq.read_table(synthesized / "data/mix/corpus").to_pylist()
+    assert sum(r["origin"] == "synthetic" for r in mixed) == mix["synthetic_docs"]
+    assert all(r["backend"] is None for r in mixed if r["origin"] == "curated")
+
+
+def test_every_accepted_answer_reverifies(synthesized: Path):
+    texts = {r["doc_id"]: r["text"] for r in
+             pq.read_table(synthesized / synth.GENERATED / "part-00000.parquet").to_pylist()}
+    items = [json.loads(line) for line in
+             (synthesized / synth.PROBLEMS).read_text().splitlines()]
+    assert {i["problem"]["task"] for i in items} >= {"arithmetic", "code_trace"}
+    for item in items:
+        problem = Problem.from_json(item["problem"])
+        text = texts[item["doc_id"]]
+        assert problems.verify(problem, text), (item["template"], text)  # recomputed from spec
+        wrong = text.rstrip().rsplit("Answer:", 1)[0] + "Answer: 123456789"
+        assert not problems.verify(problem, wrong)
+
+
+def test_rerun_and_mix_change_make_no_backend_calls(synthesized: Path, tmp_path: Path):
+    root = _copy(synthesized, tmp_path / "project")
+    before = _outputs(root)
+    m = _run(root, "synth")
+    assert m["backend_calls"] == 0 and m["sandbox_runs"] == 0 and m["cache_hits"] == m["jobs"]
+    assert _outputs(root) == before  # byte-identical from the cache
+
+    set_params(root, mix={"synthetic_fraction": 0.4}, synth={"qc": {"min_chars": 60}})
+    m = _run(root, "synth")  # a QC change re-runs synth, answered from the cache
+    assert m["backend_calls"] == 0 and m["sandbox_runs"] == 0
+    mix = _run(root, "mix")
+    assert mix["synthetic_fraction_target"] == 0.4
+
+
+def test_cache_shared_through_s3(curated: Path, tmp_path: Path, s3_server, s3_bucket):
+    url = f"s3://{s3_bucket('synth-cache')}/team"
+    first = _copy(curated, tmp_path / "a")
+    second = _copy(curated, tmp_path / "b")
+    for root in (first, second):
+        set_params(root, runtime={"synth_cache_url": url, "s3_endpoint_url": s3_server})
+    m = _run(first, "synth")
+    assert m["backend_calls"] == m["jobs"] and m["cache_uploads"] >= m["jobs"]
+    m2 = _run(second, "synth")  # another machine: empty local cache, same remote
+    assert m2["backend_calls"] == 0 and m2["sandbox_runs"] == 0
+    assert m2["cache_downloads"] == m["cache_uploads"]
+    assert _outputs(second) == _outputs(first)
