@@ -23,7 +23,9 @@ from tests.pipeline_helpers import (
 pytestmark = pytest.mark.slow
 
 ALL = {s.name for s in STAGES}
-AFTER_FILTER = ("dedup", "tokenize", "pretrain")
+# A filter threshold is also synth's (its QC applies filter's rules to generated text).
+EDITED = {"filter", "synth"}
+AFTER_FILTER = ("dedup", "mix", "tokenize", "pretrain")
 # A threshold no document of the tiny corpus is near: filter re-runs, its output bytes stay.
 NOOP_EDIT = {"filter": {"gopher_quality": {"max_words": 100_001}}}
 # A threshold that removes documents: filter's output changes, so dedup must follow.
@@ -43,16 +45,16 @@ def test_dagster_first(project: Path, tmp_path: Path):
     assert dagster_unsynced(project, instance) == set() == dvc_changed(project)
 
     set_params(project, **NOOP_EDIT)
-    assert dagster_unsynced(project, instance) == {"filter"} == dvc_changed(project)
+    assert dagster_unsynced(project, instance) == EDITED == dvc_changed(project)
     ran = _rerun_unsynced_and_downstream(project, instance)
-    # early cutoff: filter wrote the same bytes, so nothing downstream re-runs
-    assert ran == {"filter": True} | dict.fromkeys(AFTER_FILTER, False)
+    # early cutoff: filter and synth (from its cache) wrote the same bytes: nothing else re-runs
+    assert ran == dict.fromkeys(EDITED, True) | dict.fromkeys(AFTER_FILTER, False)
     assert dagster_unsynced(project, instance) == set() == dvc_changed(project)
 
     set_params(project, **REAL_EDIT)
-    assert dagster_unsynced(project, instance) == {"filter"} == dvc_changed(project)
+    assert dagster_unsynced(project, instance) == EDITED == dvc_changed(project)
     ran = _rerun_unsynced_and_downstream(project, instance)
-    assert ran == {"filter": True} | dict.fromkeys(AFTER_FILTER, True)
+    assert ran == dict.fromkeys(EDITED, True) | dict.fromkeys(AFTER_FILTER, True)
     assert dagster_unsynced(project, instance) == set() == dvc_changed(project)
     assert dvc_repro(project) == set()  # what Dagster ran is in dvc.lock: nothing to do
     assert pending_materializations(project, instance) == []  # and the sync sensor has nothing
@@ -66,12 +68,12 @@ def test_dvc_first(project: Path, tmp_path: Path):
     assert dagster_materialize(project, instance) == dict.fromkeys(ALL, False)
 
     set_params(project, **NOOP_EDIT)
-    assert dagster_unsynced(project, instance) == {"filter"} == dvc_changed(project)
-    assert dvc_repro(project) == {"filter"}  # DVC's early cutoff: dedup's input bytes unchanged
+    assert dagster_unsynced(project, instance) == EDITED == dvc_changed(project)
+    assert dvc_repro(project) == EDITED  # DVC's early cutoff: dedup's input bytes unchanged
     set_params(project, **REAL_EDIT)
-    assert dvc_repro(project) == {"filter", *AFTER_FILTER}
+    assert dvc_repro(project) == EDITED | set(AFTER_FILTER)
 
-    assert dagster_unsynced(project, instance) == {"filter"}  # not yet told about DVC's runs
+    assert dagster_unsynced(project, instance) == EDITED  # not yet told about DVC's runs
     list(sync_to_instance(project, instance))
     assert dagster_unsynced(project, instance) == set()
     assert dagster_materialize(project, instance) == dict.fromkeys(ALL, False)

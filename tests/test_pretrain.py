@@ -29,7 +29,7 @@ from stages.runner import run_stage
 from tests.conftest import TINY, copy_project, set_params
 
 pytestmark = pytest.mark.slow
-UPSTREAM = ("ingest", "signals", "filter", "dedup", "tokenize")
+UPSTREAM = ("ingest", "signals", "filter", "dedup", "synth", "mix", "tokenize")
 
 
 @pytest.fixture(scope="module")

@@ -38,11 +38,12 @@ def _make_root(root, tokenize: dict):
     weights = rng.uniform(0.2, 5.0, len(docs))
     weights *= len(docs) / weights.sum()
     table = pa.Table.from_pylist(docs, schema=SCHEMA).append_column("weight", pa.array(weights))
-    corpus = root / "data/dedup/corpus"
-    corpus.mkdir(parents=True)
-    half = table.num_rows // 2  # two shards, like a multi-shard corpus
-    pq.write_table(table.slice(0, half), corpus / "part-00000.parquet", row_group_size=50)
-    pq.write_table(table.slice(half), corpus / "part-00001.parquet", row_group_size=50)
+    for name in ("mix", "dedup"):  # the default corpus (mix) and the deduped one alike
+        corpus = root / f"data/{name}/corpus"
+        corpus.mkdir(parents=True)
+        half = table.num_rows // 2  # two shards, like a multi-shard corpus
+        pq.write_table(table.slice(0, half), corpus / "part-00000.parquet", row_group_size=50)
+        pq.write_table(table.slice(half), corpus / "part-00001.parquet", row_group_size=50)
     unweighted = root / "data/filter/corpus"  # the filtered corpus: no SoftDedup weights
     unweighted.mkdir(parents=True)
     pq.write_table(table.drop(["weight"]), unweighted / "part-00000.parquet")
@@ -178,7 +179,7 @@ def test_deterministic(built, tmp_path):
 
 def test_too_large_vocab_is_a_clear_error(built, tmp_path):
     root = tmp_path / "c"
-    for out in ("dedup", "ingest", "filter"):
+    for out in ("mix", "dedup", "ingest", "filter"):
         shutil.copytree(built["root"] / "data" / out, root / "data" / out)
     params = yaml.safe_load((built["root"] / "params.yaml").read_text())
     params["tokenize"]["vocab_size"] = 200_000
