@@ -6,9 +6,12 @@ backend failures are retried, counted and fail the stage above the configured sh
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -24,6 +27,7 @@ from stages.synth import problems
 from stages.synth.problems import Problem
 from tests.conftest import TINY, copy_project, set_params, temp_instance
 from tests.pipeline_helpers import dagster_unsynced, dvc_changed, dvc_repro
+from tests.synth_servers import FlakyServer
 
 pytestmark = pytest.mark.slow
 UPSTREAM = ("ingest", "signals", "filter", "dedup")
@@ -54,16 +58,17 @@ def _outputs(root: Path) -> dict[str, bytes]:
             for p in sorted(out.rglob("*")) if p.is_file()}
 
 
-def _stage(root: Path, name: str, **popen) -> subprocess.Popen:
+def _stage(root: Path, name: str, env: dict | None = None, **popen) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "stages", "run", name], cwd=root,
-                            env=venv_env(), start_new_session=True, **popen)
+                            env={**venv_env(), **(env or {})}, start_new_session=True, **popen)
 
 
-def _run(root: Path, name: str) -> dict:
-    proc = _stage(root, name, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def _run(root: Path, name: str, env: dict | None = None, ok: bool = True) -> dict | str:
+    """Run a stage to the end: its metrics, or (ok=False) its failure output."""
+    proc = _stage(root, name, env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out, _ = proc.communicate()
-    assert proc.returncode == 0, out
-    return _metrics(root, name)
+    assert (proc.returncode == 0) == ok, out
+    return _metrics(root, name) if ok else out
 
 
 @pytest.fixture(scope="module")
@@ -179,3 +184,77 @@ def test_mix_ratio_and_generator_model_staleness_parity(project: Path, tmp_path:
     assert dagster_unsynced(project, instance) == {"synth"} == dvc_changed(project)
     reasons = ledger.fingerprint(stage("synth"), project).reasons
     assert reasons == ("input changed: models/generator (external)",)
+
+
+def _use_http(root: Path, url: str, **synth) -> None:
+    set_params(root, synth={
+        "backend": "http", "endpoint": {"base_url": url, "model": "stub-model"},
+        "client": {"concurrency": 2, "attempts": 3, "backoff_s": 0.01, "timeout_s": 10,
+                   **synth.pop("client", {})},
+        **synth})
+
+
+def _cached_generations(root: Path) -> int:
+    entries = (json.loads(p.read_text()) for p in (root / ".cache/synth").rglob("*.json"))
+    return sum("text" in e for e in entries)
+
+
+def test_killed_generation_resumes_with_only_the_missing_calls(curated: Path, tmp_path: Path):
+    with FlakyServer(delay_s=0.05) as server:
+        whole = _copy(curated, tmp_path / "whole")
+        _use_http(whole, server.base_url)
+        jobs = _run(whole, "synth")["jobs"]
+        assert sum(server.attempts.values()) == jobs
+
+        root = _copy(curated, tmp_path / "killed")
+        _use_http(root, server.base_url)
+        proc = _stage(root, "synth", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 300
+        while sum(server.attempts.values()) < jobs + jobs // 3:
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert not (root / synth.OUT).exists()
+        cached, asked = _cached_generations(root), sum(server.attempts.values())
+        assert 0 < cached < jobs
+
+        m = _run(root, "synth")
+        assert m["backend_calls"] == jobs - cached == sum(server.attempts.values()) - asked
+        assert _outputs(root) == _outputs(whole)  # as if it had never been killed
+
+
+def test_backend_failures_retried_counted_and_bounded(curated: Path, tmp_path: Path):
+    root = _copy(curated, tmp_path / "project")
+    key = "sk-test-do-not-log-0123456789"
+    with FlakyServer() as server:
+        _use_http(root, server.base_url, problem_prompt="malformed:1:{question}",
+                  prompts={"qa": {"text": "500:always:{document}"}}, max_failed_fraction=0.5,
+                  client={"api_key_env": "SYNTH_TEST_KEY"})
+        env = {"SYNTH_TEST_KEY": key}
+        proc = _stage(root, "synth", env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                      text=True)
+        log, _ = proc.communicate()
+        assert proc.returncode == 0, log
+        m = _metrics(root, "synth")
+        report = json.loads((root / synth.REPORT).read_text())
+        n_problems = sum(TINY["synth"]["problems"].values())
+        n_qa = report["jobs_by_template"]["qa"]  # one per prose seed document
+        assert n_qa > 0
+        # every problem prompt is malformed once; every qa prompt fails its 3 tries
+        assert m["retries_by_reason"] == {"malformed_json": n_problems, "http_500": 2 * n_qa}
+        assert m["failed_by_reason"] == {"http_500": n_qa} and m["failed"] == n_qa
+        assert m["jobs"] == m["generated"] + m["failed"]
+        assert len(report["failed_jobs"]) == n_qa
+        assert all(j.startswith("qa/") for j in report["failed_jobs"])
+        assert set(server.auth) == {f"Bearer {key}"}
+        written = [log, *(p.read_text() for p in (root / "reports").rglob("*.json")),
+                   *(p.read_text() for p in (root / ".cache").rglob("*.json")),
+                   *(p.read_text() for p in (root / "data/synth").rglob("*.json*"))]
+        assert not any(key in text for text in written)
+
+        set_params(root, synth={"max_failed_fraction": 0.0})
+        asked = sum(server.attempts.values())
+        out = _run(root, "synth", env, ok=False)
+        assert "max_failed_fraction" in out and key not in out
+        assert sum(server.attempts.values()) - asked == 3 * n_qa  # only the failed ones, 3 tries

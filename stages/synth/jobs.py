@@ -9,6 +9,7 @@ and therefore the same cache keys.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,11 +83,15 @@ def select_seeds(corpus: Path, signals: Path, rule: str, per_domain: dict[str, i
     return chosen
 
 
-def excerpt(text: str, max_chars: int) -> str:
-    """The document's leading whole lines up to `max_chars` characters."""
+def excerpt(text: str, max_chars: int, code: bool = False) -> str:
+    """The document's leading whole lines up to `max_chars` characters; for code, cut before the
+    last top-level statement that does not fit, so every definition shown is complete."""
     if len(text) <= max_chars:
         return text
     cut = text.rfind("\n", 0, max_chars)
+    if code:
+        top = [m.start() for m in re.finditer(r"(?m)^(?=[^\s#])", text[: cut + 1])]
+        cut = top[-1] - 1 if len(top) > 1 else cut
     return text[: cut if cut > 0 else max_chars]
 
 
@@ -111,7 +116,7 @@ def document_jobs(seeds: list[SeedDoc], prompts: dict[str, Any], max_chars: int,
     templates backend) other templates are skipped; returns the jobs and the skipped counts."""
     jobs, skipped = [], {}
     for doc in seeds:
-        document = excerpt(doc.text, max_chars)
+        document = excerpt(doc.text, max_chars, code=doc.domain == "code")
         for template, spec in sorted(prompts.items()):
             if doc.domain not in spec.domains:
                 continue

@@ -15,7 +15,7 @@ import os
 import threading
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, Literal
 
 import requests
@@ -52,11 +52,12 @@ class HTTPBackend:
         self._local = threading.local()
         self._sessions: list[requests.Session] = []
         self._pool: ThreadPoolExecutor | None = None
+        self._closed = threading.Event()
 
     def generate(self, requests: list[Request]) -> Iterator[tuple[Request, Generation
                                                                    | BackendError]]:
         """Up to `concurrency` requests in flight; results in completion order."""
-        if self._pool is None:
+        if self._pool is None and not self._closed.is_set():
             self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="synth-http")
         pool = self._pool
         todo = iter(requests)
@@ -67,11 +68,13 @@ class HTTPBackend:
             if req is None:
                 return
             try:
-                pending[pool.submit(self._one, req)] = req
-            except RuntimeError:  # closed while iterating: the request still gets its result
-                fut: Future = Future()
-                fut.set_result(BackendError("closed", "the backend was closed"))
-                pending[fut] = req
+                if pool is None:
+                    raise RuntimeError("closed")
+                fut = pool.submit(self._one, req)
+            except RuntimeError:  # closed: the request still gets its result
+                fut = Future()
+                fut.set_result(_closed())
+            pending[fut] = req
 
         for _ in range(2 * self.concurrency):  # a queue behind the workers: no idle gaps
             submit()
@@ -81,11 +84,7 @@ class HTTPBackend:
                 for fut in done:
                     req = pending.pop(fut)
                     submit()
-                    try:
-                        result = fut.result()
-                    except CancelledError:
-                        result = BackendError("closed", "the backend was closed")
-                    yield req, result
+                    yield req, fut.result()
         finally:  # an abandoned iteration leaves nothing queued
             for fut in pending:
                 fut.cancel()
@@ -131,6 +130,8 @@ class HTTPBackend:
     def _attempt(self, req: Request, key: str | None) -> Generation:
         """One HTTP round trip; a `BackendError` (retryable or not) for anything but a result.
         Errors are raised `from None`: a requests exception holds the request and its headers."""
+        if self._closed.is_set():
+            raise _closed()
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         try:
             resp = self._session().post(self.url, json=self._body(req), headers=headers,
@@ -169,14 +170,20 @@ class HTTPBackend:
                                [:DETAIL_CHARS], retryable=True) from None
 
     def close(self) -> None:
-        """Stop the workers (queued requests are cancelled) and close their sessions."""
+        """Stop the workers and close their sessions; requests not yet sent (also those of an
+        iteration still going on) come back as `closed` errors."""
+        self._closed.set()
         if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool.shutdown(wait=False)  # queued work drains at once: every attempt checks
             self._pool = None
         with self._lock:
             sessions, self._sessions = self._sessions, []
         for session in sessions:
             session.close()
+
+
+def _closed() -> BackendError:
+    return BackendError("closed", "the backend was closed")
 
 
 def _scrub(text: str, key: str | None) -> str:

@@ -73,7 +73,7 @@ def render(job: dict) -> str:
 
 def _title(text: str) -> str:
     for line in text.splitlines():
-        line = line.strip(" #=*-`\t")
+        line = line.strip(" #=*-`\t\"'")
         if len(line) >= 3:
             return line[:80]
     return "this text"
