@@ -165,7 +165,8 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         name="synth",
         description="Synthetic documents and a LIMO-style reasoning set, generated and curated.",
-        code=("stages/synth",),
+        # its QC runs the curation stages' own code
+        code=("stages/synth", "stages/signals", "stages/filter", "stages/dedup", "stages/textstats"),
         deps=("data/dedup", "data/signals", "data/ingest", "models/generator"),
         params=(
             "base.seed", "synth.backend", "synth.model", "synth.endpoint", "synth.sampling",
@@ -197,7 +198,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         name="mix",
         description="The synthetic-augmented corpus: curated + accepted synthetic documents.",
-        code=("stages/mix", "stages/synth/__init__.py"),
+        code=("stages/mix", "stages/synth/__init__.py", "stages/textstats/shards.py"),
         deps=("data/dedup", "data/synth"),
         params=("base.seed", "mix"),
         out="data/mix",

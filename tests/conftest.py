@@ -62,6 +62,17 @@ def set_params(root: Path, **sections) -> None:
 TINY = yaml.safe_load((REPO / "profiles" / "tiny.yaml").read_text())
 
 
+def tiny_project_through(dest: Path, stages: tuple[str, ...]) -> Path:
+    """A tiny-profile project copy at `dest` with `stages` run in process (no DVC needed)."""
+    from stages.runner import run_stage
+
+    root = copy_project(dest)
+    set_params(root, **TINY)
+    for name in stages:
+        run_stage(name, root)
+    return root
+
+
 def temp_instance(path: Path):
     """A persistent (SQLite) Dagster instance in `path`, telemetry off."""
     from dagster import DagsterInstance

@@ -25,8 +25,7 @@ from stages import llama_cpp
 from stages.model import load_training_model
 from stages.pretrain import CHECKPOINTS, OUT
 from stages.pretrain.checkpoint import complete, read_state
-from stages.runner import run_stage
-from tests.conftest import TINY, copy_project, set_params
+from tests.conftest import TINY, set_params, tiny_project_through
 
 pytestmark = pytest.mark.slow
 UPSTREAM = ("ingest", "signals", "filter", "dedup", "synth", "mix", "tokenize")
@@ -35,11 +34,7 @@ UPSTREAM = ("ingest", "signals", "filter", "dedup", "synth", "mix", "tokenize")
 @pytest.fixture(scope="module")
 def tokens_project(tmp_path_factory) -> Path:
     """A tiny-profile project with every stage before pretrain run (no DVC needed here)."""
-    root = copy_project(tmp_path_factory.mktemp("pretrain") / "project")
-    set_params(root, **TINY)
-    for name in UPSTREAM:
-        run_stage(name, root)
-    return root
+    return tiny_project_through(tmp_path_factory.mktemp("pretrain") / "project", UPSTREAM)
 
 
 @pytest.fixture(scope="module")

@@ -22,10 +22,9 @@ from orchestration.dvc_cli import venv_env
 from orchestration.sync import sync_to_instance
 from stages import synth
 from stages.registry import STAGES, stage
-from stages.runner import run_stage
 from stages.synth import problems
 from stages.synth.problems import Problem
-from tests.conftest import TINY, copy_project, set_params, temp_instance
+from tests.conftest import TINY, set_params, temp_instance, tiny_project_through
 from tests.pipeline_helpers import dagster_unsynced, dvc_changed, dvc_repro
 from tests.synth_servers import FlakyServer
 
@@ -35,12 +34,8 @@ UPSTREAM = ("ingest", "signals", "filter", "dedup")
 
 @pytest.fixture(scope="module")
 def curated(tmp_path_factory) -> Path:
-    """A tiny-profile project with the curation stages run (no DVC needed here)."""
-    root = copy_project(tmp_path_factory.mktemp("synth") / "project")
-    set_params(root, **TINY)
-    for name in UPSTREAM:
-        run_stage(name, root)
-    return root
+    """A tiny-profile project with the curation stages run."""
+    return tiny_project_through(tmp_path_factory.mktemp("synth") / "project", UPSTREAM)
 
 
 def _copy(src: Path, dest: Path) -> Path:
@@ -258,3 +253,38 @@ def test_backend_failures_retried_counted_and_bounded(curated: Path, tmp_path: P
         out = _run(root, "synth", env, ok=False)
         assert "max_failed_fraction" in out and key not in out
         assert sum(server.attempts.values()) - asked == 3 * n_qa  # only the failed ones, 3 tries
+
+
+@pytest.fixture(scope="module")
+def tiny_generator(tmp_path_factory) -> Path:
+    from tests.synth_servers import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("generator") / "tiny")
+
+
+@pytest.mark.parametrize("backend", ["hf", "gguf"])
+def test_model_backend_runs_the_stage_from_models_generator(curated: Path, tiny_generator: Path,
+                                                            tmp_path: Path, backend: str):
+    from stages import llama_cpp
+
+    root = _copy(curated, tmp_path / "project")
+    if backend == "hf":
+        model = "models/generator/tiny"
+        shutil.copytree(tiny_generator, root / model)
+    else:
+        model = "models/generator/tiny.gguf"
+        llama_cpp.convert(tiny_generator, root / model, "f32")
+    set_params(root, synth={
+        "backend": backend, "model": model, "sampling": {"max_new_tokens": 8},
+        "problems": {"arithmetic": 3, "word_problem": 0, "unit_conversion": 0, "list_puzzle": 0,
+                     "code_trace": 0},
+        "seeds": {"per_domain": {"prose": 2, "code": 1}, "max_chars": 200}})
+    m = _run(root, "synth")
+    assert m["backend"] == backend and m["model"].startswith(f"{backend}:")
+    assert m["backend_calls"] == m["jobs"] == m["generated"] > 3  # problems and documents
+    assert 0 < m["tokens_generated"] <= 8 * m["jobs"]
+    report = json.loads((root / synth.REPORT).read_text())
+    assert "textbook" in report["jobs_by_template"]  # a model takes every prompt template
+    before = _outputs(root)
+    assert _run(root, "synth")["backend_calls"] == 0
+    assert _outputs(root) == before
