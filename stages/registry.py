@@ -166,7 +166,8 @@ STAGES: tuple[Stage, ...] = (
         name="synth",
         description="Synthetic documents and a LIMO-style reasoning set, generated and curated.",
         # its QC runs the curation stages' own code
-        code=("stages/synth", "stages/signals", "stages/filter", "stages/dedup", "stages/textstats"),
+        code=("stages/synth", "stages/signals", "stages/filter", "stages/dedup",
+              "stages/textstats"),
         deps=("data/dedup", "data/signals", "data/ingest", "models/generator"),
         params=(
             "base.seed", "synth.backend", "synth.model", "synth.endpoint", "synth.sampling",

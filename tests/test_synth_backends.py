@@ -136,33 +136,34 @@ def test_hf_uses_the_chat_template_when_there_is_one(model_dir: Path, tmp_path: 
 
 
 def test_hf_fingerprint_hashes_every_file(model_dir: Path, tmp_path: Path):
-    from stages.synth.backends.hf import dir_fingerprint
+    from stages.synth.backends import content_hash
 
     copy = tmp_path / "copy"
     shutil.copytree(model_dir, copy)
-    assert dir_fingerprint(copy) == dir_fingerprint(model_dir)
+    assert content_hash(copy) == content_hash(model_dir)
     backend = hf(copy, GREEDY, 8)
-    assert backend.fingerprint == "hf:" + dir_fingerprint(model_dir)[:16]
+    assert backend.fingerprint == "hf:" + content_hash(model_dir)[:16]
     backend.close()
     failed = run(backend, reqs(PROMPTS[:3]))  # a failing batch: one error per request, no raise
     assert {g.reason for g in failed.values() if isinstance(g, BackendError)} == {
         "generation_error"} and len(failed) == 3
     (copy / "notes.txt").write_text("x")
-    assert dir_fingerprint(copy) != dir_fingerprint(model_dir)
+    assert content_hash(copy) != content_hash(model_dir)
     (copy / "notes.txt").rename(copy / "notes2.txt")  # same bytes, another name
-    first = dir_fingerprint(copy)
+    first = content_hash(copy)
     (copy / "notes2.txt").rename(copy / "notes.txt")
-    assert dir_fingerprint(copy) != first
+    assert content_hash(copy) != first
 
 
 # --- gguf -----------------------------------------------------------------------------------
 
 
 def test_gguf_generates_deterministically_and_closes(gguf: Path):
-    from stages.synth.backends.gguf import GGUFBackend, file_sha256
+    from stages.synth.backends import content_hash
+    from stages.synth.backends.gguf import GGUFBackend
 
     backend = GGUFBackend(gguf, SAMPLED, n_ctx=256, threads=1)
-    assert backend.fingerprint == "gguf:" + file_sha256(gguf)[:16]
+    assert backend.fingerprint == "gguf:" + content_hash(gguf)[:16]
     requests = reqs(PROMPTS[:5], seed=3)
     first = run(backend, requests)
     again = run(backend, requests[::-1])  # another order, after other prompts

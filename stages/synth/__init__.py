@@ -177,6 +177,25 @@ def request_seed(base_seed: int, job_id: str) -> int:
     return int.from_bytes(digest, "big") & 0x7FFFFFFF
 
 
+def fingerprint(params: Params, root: Path) -> str:
+    """The model identity in every cache key, computed without loading the model (a fully
+    cached run never loads one): a hash of the template code, of the model directory or file,
+    or the endpoint's model name."""
+    from stages.synth.backends import content_hash
+
+    if params.backend == "templates":
+        from stages.synth.backends.templates import code_fingerprint
+
+        return code_fingerprint()
+    if params.backend == "http":
+        return f"http:{params.endpoint.model}"
+    model = root / params.model
+    if not model.exists():
+        raise FileNotFoundError(f"synth.model {params.model}: not found; put the {params.backend} "
+                                f"model there (see {MODELS}/README.md)")
+    return f"{params.backend}:{content_hash(model)[:16]}"
+
+
 def make_backend(params: Params, root: Path):
     """The configured backend (model backends imported only when chosen)."""
     from stages.synth.backends import Retry, Sampling

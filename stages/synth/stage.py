@@ -24,6 +24,7 @@ from stages.synth import (
     REPORT,
     SIGNALS,
     Params,
+    fingerprint,
     jobs,
     limo,
     make_backend,
@@ -58,9 +59,9 @@ def build_problems(params: Params, ctx, cache: GenerationCache) -> list[problems
     return out
 
 
-def build_jobs(params: Params, ctx, backend_name: str, cache: GenerationCache
+def build_jobs(params: Params, ctx, cache: GenerationCache
                ) -> tuple[list[jobs.Job], dict[str, int]]:
-    model_backend = backend_name != "templates"
+    model_backend = params.backend != "templates"
     items = build_problems(params, ctx, cache)
     work = jobs.problem_jobs(items, list(params.renderings), params.problem_prompt,
                              model_backend)
@@ -73,25 +74,26 @@ def build_jobs(params: Params, ctx, backend_name: str, cache: GenerationCache
     return work + doc_jobs, skipped
 
 
-def _request(job: jobs.Job, params: Params, backend, seed: int) -> Request:
+def _request(job: jobs.Job, params: Params, model: str, seed: int) -> Request:
     """The request and its cache key: backend, model fingerprint, full prompt, sampling, seed.
 
     The templates backend renders the job's spec, so that spec is its prompt, and it ignores
     sampling (a sampling edit must not re-key template output).
     """
     rseed = request_seed(seed, job.id)
-    model_backend = backend.name != "templates"
+    model_backend = params.backend != "templates"
     prompt = job.prompt if model_backend else json.dumps(job.spec, sort_keys=True)
-    key = make_key({"kind": "generation", "backend": backend.name, "model": backend.fingerprint,
+    key = make_key({"kind": "generation", "backend": params.backend, "model": model,
                     "prompt": prompt, "seed": rseed,
                     "sampling": params.sampling.model_dump() if model_backend else {}})
     return Request(key=key, prompt=job.prompt, seed=rseed, job=job.spec)
 
 
-def generate(requests: list[Request], backend, cache: GenerationCache, ctx
-             ) -> tuple[dict[str, dict], dict[str, BackendError], int]:
-    """Every request's record, from the cache or the backend (which is asked only for misses;
-    each result is cached as it arrives). Returns (records, failures, backend calls)."""
+def generate(requests: list[Request], params: Params, model: str, cache: GenerationCache,
+             ctx) -> tuple[dict[str, dict], dict[str, BackendError], Counter, int]:
+    """Every request's record, from the cache or the backend, which is loaded only if some
+    request is missing and asked only for those (each result is cached as it arrives).
+    Returns (records, failures, retries per reason, backend calls)."""
     records: dict[str, dict] = {}
     misses: list[Request] = []
     for r in requests:
@@ -101,8 +103,14 @@ def generate(requests: list[Request], backend, cache: GenerationCache, ctx
         else:
             records[r.key] = hit
     ctx.log.info("synth: %d of %d generations cached, %d to generate with %s", len(records),
-                 len(requests), len(misses), backend.name)
+                 len(requests), len(misses), params.backend)
     failures: dict[str, BackendError] = {}
+    if not misses:
+        return records, failures, Counter(), 0
+    backend = make_backend(params, ctx.root)
+    if model != model:
+        raise RuntimeError(f"synth: {params.backend} model changed while the stage ran "
+                           f"({model} -> {model}); run it again")
 
     def results():
         for start in range(0, len(misses), CHUNK):
@@ -120,8 +128,9 @@ def generate(requests: list[Request], backend, cache: GenerationCache, ctx
             cache.put(request.key, record)
             records[request.key] = record
     finally:
+        backend.close()
         cache.flush()
-    return records, failures, len(misses)
+    return records, failures, backend.retries, len(misses)
 
 
 def document_text(job: jobs.Job, text: str, model_backend: bool) -> str:
@@ -154,14 +163,12 @@ def run(params: Params, ctx) -> dict:
     runtime = ctx.runtime
     cache = GenerationCache(ctx.root / runtime.synth_cache, runtime.synth_cache_url,
                             runtime.s3_endpoint_url)
-    backend = make_backend(params, ctx.root)
-    try:
-        work, skipped = build_jobs(params, ctx, backend.name, cache)
-        sandbox_runs = cache.misses  # code-trace sandbox runs (memo misses) so far
-        requests = [_request(j, params, backend, ctx.base.seed) for j in work]
-        records, failures, calls = generate(requests, backend, cache, ctx)
-    finally:
-        backend.close()
+    model = fingerprint(params, ctx.root)
+    work, skipped = build_jobs(params, ctx, cache)
+    sandbox_runs = cache.misses  # code-trace sandbox runs (memo misses) so far
+    requests = [_request(j, params, model, ctx.base.seed) for j in work]
+    records, failures, retries, calls = generate(requests, params, model, cache, ctx)
+    cache.flush()  # also shares what this run found only in the local cache
     failed = len(failures)
     if work and failed / len(work) > params.max_failed_fraction:
         reasons = _counts(e.reason for e in failures.values())
@@ -169,7 +176,7 @@ def run(params: Params, ctx) -> dict:
             f"synth: {failed} of {len(work)} generations failed ({reasons}), above "
             f"synth.max_failed_fraction={params.max_failed_fraction}; the {len(records)} that "
             "succeeded are cached, so a re-run asks the backend only for the failed ones")
-    model_backend = backend.name != "templates"
+    model_backend = params.backend != "templates"
     done = [(j, r) for j, r in zip(work, requests, strict=True) if r.key in records]
     texts = [document_text(j, records[r.key]["text"], model_backend) for j, r in done]
     done_jobs = [j for j, _ in done]
@@ -182,9 +189,9 @@ def run(params: Params, ctx) -> dict:
         seed=ctx.base.seed)
     accepted = reasons == ""
 
-    rows = [{"doc_id": _doc_id(r.key), "source": f"synth-{backend.name}", "domain": j.domain,
+    rows = [{"doc_id": _doc_id(r.key), "source": f"synth-{params.backend}", "domain": j.domain,
              "path": j.id, "text": t, "n_chars": len(t), "weight": 1.0, "origin": "synthetic",
-             "backend": backend.name, "model": backend.fingerprint, "template": j.template,
+             "backend": params.backend, "model": model, "template": j.template,
              "seed_doc_id": j.seed_doc_id}
             for (j, r), t, ok in zip(done, texts, accepted, strict=True) if ok]
     _write_generated(ctx.out(GENERATED), ctx.dep(CORPUS), rows)
@@ -199,7 +206,7 @@ def run(params: Params, ctx) -> dict:
     train, held, limo_counts = limo.select(
         solved, size=params.limo.size, min_difficulty=params.limo.min_difficulty,
         prefer=params.limo.prefer, eval_fraction=params.limo.eval_fraction, seed=ctx.base.seed,
-        backend=backend.name, model=backend.fingerprint)
+        backend=params.backend, model=model)
     limo_dir = ctx.out(LIMO)
     limo_dir.mkdir(parents=True)
     for name, records_ in (("train", train), ("eval", held)):
@@ -208,15 +215,15 @@ def run(params: Params, ctx) -> dict:
 
     failed_jobs = sorted(j.id for j, r in zip(work, requests, strict=True) if r.key in failures)
     report = _report(params, done, texts, reasons, failures, failed_jobs, work, skipped,
-                     limo_counts, backend)
+                     limo_counts, model)
     ctx.out(REPORT).write_text(json.dumps(report, indent=2, sort_keys=True, ensure_ascii=False)
                                + "\n")
     tokens = sum(int(records[r.key]["completion_tokens"]) for _, r in done)
     ctx.log.info("synth: %d jobs, %d generated, %d accepted, %d failed; LIMO %d + %d",
                  len(work), len(done), int(accepted.sum()), failed, len(train), len(held))
     return {
-        "backend": backend.name,
-        "model": backend.fingerprint,
+        "backend": params.backend,
+        "model": model,
         "jobs": len(work),
         "generated": len(done),
         "accepted": int(accepted.sum()),
@@ -232,7 +239,7 @@ def run(params: Params, ctx) -> dict:
         "accepted_chars": sum(r["n_chars"] for r in rows),
         "limo_train": len(train),
         "limo_eval": len(held),
-        "retries_by_reason": dict(sorted(backend.retries.items())),
+        "retries_by_reason": dict(sorted(retries.items())),
         "failed_by_reason": _counts(e.reason for e in failures.values()),
         "rejected_by_reason": _counts(reasons[~accepted]),
         "accepted_by_template": _counts(j.template for (j, _), ok in zip(done, accepted,
@@ -241,7 +248,7 @@ def run(params: Params, ctx) -> dict:
 
 
 def _report(params: Params, done, texts, reasons, failures, failed_jobs, work, skipped,
-            limo_counts, backend) -> dict[str, Any]:
+            limo_counts, model: str) -> dict[str, Any]:
     """Deterministic report: counts per template and reason, samples of each, the LIMO rule."""
     by_template: dict[str, Counter] = {}
     samples: dict[str, list] = {}
@@ -255,8 +262,8 @@ def _report(params: Params, done, texts, reasons, failures, failed_jobs, work, s
             bucket.append({"job": job.id, "template": job.template, "text": text[:1200],
                            **({"reason": reason} if reason else {})})
     return {
-        "backend": backend.name,
-        "model": backend.fingerprint,
+        "backend": params.backend,
+        "model": model,
         "jobs_by_template": _counts(j.template for j in work),
         "by_template": {t: dict(sorted(c.items())) for t, c in sorted(by_template.items())},
         "rejected_by_reason": _counts(r for r in reasons if r),

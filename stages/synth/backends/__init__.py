@@ -10,13 +10,35 @@ for one item and never dropped.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
+
+
+def content_hash(path: Path) -> str:
+    """sha256 of a file's bytes, or of a directory's files: sorted relative paths, sizes, bytes.
+    What identifies a local model (hf: a directory, gguf: a file) in every cache key."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    if path.is_file():
+        files = [(b"", path)]
+    else:
+        files = [(p.relative_to(path).as_posix().encode(), p)
+                 for p in sorted(q for q in path.rglob("*") if q.is_file())]
+    for rel, file in files:
+        if rel:
+            digest.update(len(rel).to_bytes(8, "big") + rel)
+            digest.update(file.stat().st_size.to_bytes(8, "big"))
+        with file.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -7,22 +7,13 @@ before every request, so a result never depends on what was generated before it.
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-from stages.synth.backends import BackendError, Generation, Request, Sampling
+from stages.synth.backends import BackendError, Generation, Request, Sampling, content_hash
 
 SEED_MOD = 0xFFFFFFFF  # llama.cpp seeds are uint32 and 0xFFFFFFFF means "random"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class GGUFBackend:
@@ -36,7 +27,7 @@ class GGUFBackend:
         self.path = Path(path)
         self.sampling = sampling
         self.retries: Counter = Counter()
-        self.fingerprint = "gguf:" + file_sha256(self.path)[:16]
+        self.fingerprint = "gguf:" + content_hash(self.path)[:16]
         kwargs = {"n_threads": threads, "n_threads_batch": threads} if threads > 0 else {}
         self._llm: Llama | None = Llama(model_path=str(self.path), n_ctx=n_ctx, verbose=False,
                                         **kwargs)

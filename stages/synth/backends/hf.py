@@ -18,20 +18,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LogitsProcessor
 
-from stages.synth.backends import BackendError, Generation, Request, Sampling
-
-
-def dir_fingerprint(model_dir: Path) -> str:
-    """sha256 over the sorted relative paths and bytes of every file under `model_dir`."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in Path(model_dir).rglob("*") if p.is_file()):
-        rel = path.relative_to(model_dir).as_posix().encode()
-        digest.update(len(rel).to_bytes(8, "big") + rel)
-        digest.update(path.stat().st_size.to_bytes(8, "big"))
-        with path.open("rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-    return digest.hexdigest()
+from stages.synth.backends import BackendError, Generation, Request, Sampling, content_hash
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -80,7 +67,7 @@ class HFBackend:
         self.sampling = sampling
         self.batch_size = batch_size
         self.retries: Counter = Counter()
-        self.fingerprint = "hf:" + dir_fingerprint(self.model_dir)[:16]
+        self.fingerprint = "hf:" + content_hash(self.model_dir)[:16]
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir))
         self.model = AutoModelForCausalLM.from_pretrained(
