@@ -1,6 +1,6 @@
-"""Staleness parity: after any params edit, Dagster's unsynced set equals `dvc status`, both
-front ends re-run exactly the stages whose inputs changed (early cutoff), and each front end's
-results leave the other with nothing to do.
+"""Staleness parity: after any params edit (or a new file in an external input), Dagster's
+unsynced set equals `dvc status`, both front ends re-run exactly the stages whose inputs changed
+(early cutoff), and each front end's results leave the other with nothing to do.
 """
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from dagster import AssetSelection
 
+from orchestration import ledger
 from orchestration.sync import pending_materializations, sync_to_instance
-from stages.registry import STAGES
+from stages.registry import STAGES, stage
 from tests.conftest import set_params, temp_instance
 from tests.pipeline_helpers import (
     dagster_materialize,
@@ -77,6 +78,21 @@ def test_dvc_first(project: Path, tmp_path: Path):
     list(sync_to_instance(project, instance))
     assert dagster_unsynced(project, instance) == set()
     assert dagster_materialize(project, instance) == dict.fromkeys(ALL, False)
+
+    # A mix-ratio edit stales exactly `mix`; synth (and its generation cache) is not touched.
+    synth_metrics = (project / "reports/synth/metrics.json").read_bytes()
+    set_params(project, mix={"synthetic_fraction": 0.02})  # the tiny corpus uses all at 0.1
+    assert dagster_unsynced(project, instance) == {"mix"} == dvc_changed(project)
+    assert dvc_repro(project) == {"mix", "tokenize", "pretrain"}
+    assert (project / "reports/synth/metrics.json").read_bytes() == synth_metrics
+    list(sync_to_instance(project, instance))
+    assert dagster_unsynced(project, instance) == set() == dvc_changed(project)
+
+    # A new generator model (a declared input no stage produces) stales exactly `synth`.
+    (project / "models/generator/other-model.gguf").write_bytes(b"GGUF weights of a model")
+    assert dagster_unsynced(project, instance) == {"synth"} == dvc_changed(project)
+    assert ledger.fingerprint(stage("synth"), project).reasons == (
+        "input changed: models/generator (external)",)
 
 
 def test_sync_sensor_reports_dvc_runs(project: Path, tmp_path: Path):

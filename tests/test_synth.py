@@ -17,15 +17,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from orchestration import ledger
 from orchestration.dvc_cli import venv_env
-from orchestration.sync import sync_to_instance
 from stages import synth
-from stages.registry import STAGES, stage
 from stages.synth import problems
 from stages.synth.problems import Problem
-from tests.conftest import TINY, set_params, temp_instance, tiny_project_through
-from tests.pipeline_helpers import dagster_unsynced, dvc_changed, dvc_repro
+from tests.conftest import TINY, set_params, tiny_project_through
 from tests.synth_servers import FlakyServer
 
 pytestmark = pytest.mark.slow
@@ -157,28 +153,6 @@ def test_cache_shared_through_s3(curated: Path, tmp_path: Path, s3_server, s3_bu
     assert m2["backend_calls"] == 0 and m2["sandbox_runs"] == 0
     assert m2["cache_downloads"] == m["cache_uploads"]
     assert _outputs(second) == _outputs(first)
-
-
-def test_mix_ratio_and_generator_model_staleness_parity(project: Path, tmp_path: Path):
-    """A mix-ratio edit leaves synth and its cache alone and stales exactly `mix` in both front
-    ends; a new file under models/generator (the backends' declared input) stales `synth`."""
-    instance = temp_instance(tmp_path / "dagster_home")
-    assert dvc_repro(project) == {s.name for s in STAGES}
-    list(sync_to_instance(project, instance))
-    assert dagster_unsynced(project, instance) == set() == dvc_changed(project)
-    synth_metrics = (project / "reports/synth/metrics.json").read_bytes()
-
-    set_params(project, mix={"synthetic_fraction": 0.02})  # the tiny corpus: all < 0.1
-    assert dagster_unsynced(project, instance) == {"mix"} == dvc_changed(project)
-    assert dvc_repro(project) == {"mix", "tokenize", "pretrain"}
-    assert (project / "reports/synth/metrics.json").read_bytes() == synth_metrics
-    list(sync_to_instance(project, instance))
-    assert dagster_unsynced(project, instance) == set() == dvc_changed(project)
-
-    (project / "models/generator/other-model.gguf").write_bytes(b"GGUF weights of another model")
-    assert dagster_unsynced(project, instance) == {"synth"} == dvc_changed(project)
-    reasons = ledger.fingerprint(stage("synth"), project).reasons
-    assert reasons == ("input changed: models/generator (external)",)
 
 
 def _use_http(root: Path, url: str, **synth) -> None:
