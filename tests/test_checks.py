@@ -40,6 +40,20 @@ def _assert_plot_metadata(root: Path, instance) -> None:
     assert metadata["plot_path/weights"] == PathMetadataValue("reports/dedup/weights.png")
 
 
+def _assert_synth_metadata(root: Path, instance) -> None:
+    """synth's materialization shows its backend, cache hits vs backend calls, acceptance rate,
+    tokens generated, and per-template / per-reason tables flattened one level."""
+    assets = build_definitions(root).assets
+    result = materialize(assets, instance=instance, selection=AssetSelection.assets("synth"))
+    (mat,) = result.get_asset_materialization_events()
+    metadata = {k: v.value for k, v in mat.materialization.metadata.items()}
+    assert metadata["metric/backend"] == "templates"
+    assert metadata["metric/cache_hits"] + metadata["metric/backend_calls"] == metadata[
+        "metric/jobs"]
+    assert 0 < metadata["metric/acceptance_rate"] <= 1 and metadata["metric/tokens_generated"] > 0
+    assert metadata["metric/accepted_by_template.arithmetic/explained"] > 0
+
+
 def test_checks_pass_after_a_run_and_explain_staleness(project: Path, tmp_path: Path):
     sh("dvc", "repro", cwd=project)
     instance = temp_instance(tmp_path / "dagster_home")
@@ -50,6 +64,7 @@ def test_checks_pass_after_a_run_and_explain_staleness(project: Path, tmp_path: 
     assert set(results) == expected
     assert all(passed for passed, _ in results.values())
     _assert_plot_metadata(project, instance)
+    _assert_synth_metadata(project, instance)
 
     set_params(project, dedup={"shingle_size": 4})
     passed, metadata = _run_checks(project, instance)[("dedup", "in_sync_with_dvc_lock")]
