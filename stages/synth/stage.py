@@ -11,7 +11,6 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stages import dedup
 from stages.dedup import heldout_ngrams
 from stages.synth import (
     CHUNK,
@@ -185,7 +184,7 @@ def run(params: Params, ctx) -> dict:
         heldout_ngrams(list_shards(ctx.dep(HELDOUT)), ctx.section("dedup").decontam_ngram),
         min_chars=params.qc.min_chars, groups=params.qc.rules,
         signal_params=ctx.section("signals"), filter_params=ctx.section("filter"),
-        dedup_params=dedup.Params.model_validate(ctx.section("dedup").model_dump()),
+        dedup_params=ctx.section("dedup"),
         seed=ctx.base.seed)
     accepted = reasons == ""
 
