@@ -5,6 +5,7 @@ unsynced set equals `dvc status`, both front ends re-run exactly the stages whos
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,8 @@ def test_dvc_first(project: Path, tmp_path: Path):
     set_params(project, **NOOP_EDIT)
     assert dagster_unsynced(project, instance) == EDITED == dvc_changed(project)
     assert dvc_repro(project) == EDITED  # DVC's early cutoff: dedup's input bytes unchanged
+    synth_run = json.loads((project / "reports/synth/metrics.json").read_text())
+    assert synth_run["backend_calls"] == 0  # DVC re-ran synth: its generation cache survived
     set_params(project, **REAL_EDIT)
     assert dvc_repro(project) == EDITED | set(AFTER_FILTER)
 

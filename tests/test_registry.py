@@ -106,3 +106,24 @@ def test_persistent_outputs_and_gpu_flag_reach_both_front_ends():
 
     assert build_stage_asset(s, REPO, {}).op.pool == GPU_POOL
     assert build_stage_asset(STAGES[0], REPO, {"base": {"seed": 0}, "ingest": {}}).op.pool is None
+
+
+def test_synth_identity_covers_the_model_not_the_client():
+    """A different endpoint model (or any declared synth param) re-keys synth; the API key's
+    variable, concurrency, timeouts and retries are how, not what: they never stale it."""
+    from orchestration.ledger import code_version
+    from stages.params import read_params
+    from stages.profiles import merge
+    from stages.registry import ROOT, stage
+
+    synth = stage("synth")
+    raw = read_params(ROOT)
+    base = code_version(synth, ROOT, raw)
+    client = {"concurrency": 64, "api_key_env": "OTHER_KEY", "timeout_s": 5, "attempts": 9,
+              "backoff_s": 2.0, "batch_size": 1, "threads": 1}
+    assert code_version(synth, ROOT, merge(yaml.safe_load(yaml.safe_dump(raw)),
+                                           {"synth": {"client": client}})) == base
+    for edit in ({"endpoint": {"model": "another-model"}}, {"sampling": {"temperature": 0.2}},
+                 {"model": "models/generator/other"}, {"backend": "http"}):
+        changed = merge(yaml.safe_load(yaml.safe_dump(raw)), {"synth": edit})
+        assert code_version(synth, ROOT, changed) != base, edit
