@@ -12,18 +12,20 @@
 4. Quality control (`qc`) with the curation stages' own code; the accepted documents go to
    `data/synth/generated` in the curated corpus's shard format plus provenance columns.
 5. The LIMO-style set (`limo`) in `data/synth/limo/{train,eval}.jsonl`.
-`mix` then combines the curated corpus with the accepted documents at a token ratio.
+`mix` then combines the curated corpus with the accepted documents at a token ratio. This
+module holds the params (imported by every stage's validation, so it stays light); the run is in
+`stage`.
 """
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from stages.params import StrictModel
+from stages.synth.backends import Sampling
+from stages.synth.problems import RENDERINGS, TASKS
 
 CORPUS = "data/dedup/corpus"
 SIGNALS = "data/signals"
@@ -34,8 +36,6 @@ GENERATED = "data/synth/generated"
 LIMO = "data/synth/limo"
 REPORT = "data/synth/report.json"
 PROBLEMS = "data/synth/problems.jsonl"
-TASKS = ("arithmetic", "word_problem", "unit_conversion", "list_puzzle", "code_trace")
-RENDERINGS = ("terse", "explained", "qa")
 # Columns every synthetic row carries besides the curated corpus's own.
 PROVENANCE = ("origin", "backend", "model", "template", "seed_doc_id")
 CHUNK = 64  # requests handed to a backend at a time (the cache is written as results arrive)
@@ -52,9 +52,11 @@ class Endpoint(StrictModel):
 
 
 class SamplingParams(StrictModel):
-    max_new_tokens: int = Field(256, ge=1)
-    temperature: float = Field(0.7, ge=0)
-    top_p: float = Field(0.95, gt=0, le=1)
+    """Validated `backends.Sampling` (its defaults)."""
+
+    max_new_tokens: int = Field(Sampling.max_new_tokens, ge=1)
+    temperature: float = Field(Sampling.temperature, ge=0)
+    top_p: float = Field(Sampling.top_p, gt=0, le=1)
 
 
 class Seeds(StrictModel):
@@ -170,57 +172,6 @@ class Params(StrictModel):
         if self.backend == "http" and not self.endpoint.model:
             raise ValueError("backend 'http' needs endpoint.model")
         return self
-
-
-def request_seed(base_seed: int, job_id: str) -> int:
-    digest = hashlib.blake2b(f"synth:{base_seed}:{job_id}".encode(), digest_size=4).digest()
-    return int.from_bytes(digest, "big") & 0x7FFFFFFF
-
-
-def fingerprint(params: Params, root: Path) -> str:
-    """The model identity in every cache key, computed without loading the model (a fully
-    cached run never loads one): a hash of the template code, of the model directory or file,
-    or the endpoint's model name."""
-    from stages.synth.backends import content_hash
-
-    if params.backend == "templates":
-        from stages.synth.backends.templates import code_fingerprint
-
-        return code_fingerprint()
-    if params.backend == "http":
-        return f"http:{params.endpoint.model}"
-    model = root / params.model
-    if not model.exists():
-        raise FileNotFoundError(f"synth.model {params.model}: not found; put the {params.backend} "
-                                f"model there (see {MODELS}/README.md)")
-    return f"{params.backend}:{content_hash(model)[:16]}"
-
-
-def make_backend(params: Params, root: Path):
-    """The configured backend (model backends imported only when chosen)."""
-    from stages.synth.backends import Retry, Sampling
-
-    sampling = Sampling(**params.sampling.model_dump())
-    client = params.client
-    retry = Retry(attempts=client.attempts, backoff_s=client.backoff_s)
-    if params.backend == "templates":
-        from stages.synth.backends.templates import TemplatesBackend
-
-        return TemplatesBackend()
-    if params.backend == "hf":
-        from stages.synth.backends.hf import HFBackend
-
-        return HFBackend(root / params.model, sampling, batch_size=client.batch_size,
-                         threads=client.threads)
-    if params.backend == "gguf":
-        from stages.synth.backends.gguf import GGUFBackend
-
-        return GGUFBackend(root / params.model, sampling, threads=client.threads)
-    from stages.synth.backends.http import HTTPBackend
-
-    return HTTPBackend(params.endpoint.base_url, params.endpoint.model, sampling,
-                       api=params.endpoint.api, api_key_env=client.api_key_env,
-                       concurrency=client.concurrency, timeout_s=client.timeout_s, retry=retry)
 
 
 def run(params: Params, ctx) -> dict:

@@ -24,7 +24,6 @@ from stages.textstats.shards import list_shards, read_batches
 @dataclass(frozen=True)
 class Job:
     id: str  # stable and unique within a run
-    kind: str  # "problem" | "document"
     template: str  # "<task>/<rendering>" for problems, the prompt id for documents
     domain: str  # of the generated document: reasoning (problems), code (traces), or the seed's
     prompt: str  # what a model backend receives
@@ -41,7 +40,8 @@ class SeedDoc:
     score: float
 
 
-def _hash(*parts: object) -> int:
+def seeded_hash(*parts: object) -> int:
+    """A stable 64-bit hash of the parts (seeded orders and choices in synth)."""
     digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big")
 
@@ -78,7 +78,7 @@ def select_seeds(corpus: Path, signals: Path, rule: str, per_domain: dict[str, i
     chosen = []
     for domain in sorted(by_domain):
         ranked = sorted(by_domain[domain],
-                        key=lambda d: (-d.score, _hash("synth-seed", seed, d.doc_id)))
+                        key=lambda d: (-d.score, seeded_hash("synth-seed", seed, d.doc_id)))
         chosen += ranked[: per_domain[domain]]
     return chosen
 
@@ -103,7 +103,7 @@ def problem_jobs(items: list[problems.Problem], renderings: list[str], prompt: s
         domain = "code" if p.task == "code_trace" else "reasoning"
         for style in (["model"] if model_backend else renderings):
             jobs.append(Job(
-                id=f"{p.id}/{style}", kind="problem", template=f"{p.task}/{style}",
+                id=f"{p.id}/{style}", template=f"{p.task}/{style}",
                 domain=domain, prompt=prompt.format(question=p.question),
                 spec={"kind": "problem", "problem": p.to_json(), "style": style},
                 seed_doc_id=p.spec.get("doc_id", ""), problem=p))
@@ -124,7 +124,7 @@ def document_jobs(seeds: list[SeedDoc], prompts: dict[str, Any], max_chars: int,
                 skipped[template] = skipped.get(template, 0) + 1
                 continue
             jobs.append(Job(
-                id=f"{template}/{doc.doc_id}", kind="document", template=template,
+                id=f"{template}/{doc.doc_id}", template=template,
                 domain=spec.output_domain or doc.domain,
                 prompt=spec.text.format(document=document),
                 spec={"kind": "document", "template": template, "document": document},

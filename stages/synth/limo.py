@@ -14,19 +14,13 @@ Records are `{"id", "prompt", "response", "answer", "task", "template", "difficu
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
-from stages.synth.jobs import Job
+from stages.synth.jobs import Job, seeded_hash
 
 RULE = ("accepted problems with difficulty >= min_difficulty; one rendering per problem (first "
         "in `prefer`); tasks in turn, hardest first (ties: seeded hash); a seeded "
         "eval_fraction held out")
-
-
-def _hash(*parts: object) -> int:
-    return int.from_bytes(hashlib.blake2b(":".join(map(str, parts)).encode(),
-                                          digest_size=8).digest(), "big")
 
 
 def split_response(job: Job, text: str) -> str:
@@ -58,7 +52,7 @@ def select(items: list[tuple[Job, str]], *, size: int, min_difficulty: int, pref
         by_task.setdefault(job.problem.task, []).append((job, response))
     for task in by_task:
         by_task[task].sort(key=lambda jr: (-jr[0].problem.difficulty,
-                                           _hash("limo", seed, jr[0].problem.id)))
+                                           seeded_hash("limo", seed, jr[0].problem.id)))
     chosen: list[tuple[Job, str]] = []
     queues = [by_task[t] for t in sorted(by_task)]
     while len(chosen) < size and any(queues):
@@ -71,7 +65,7 @@ def select(items: list[tuple[Job, str]], *, size: int, min_difficulty: int, pref
         record = {"id": p.id, "prompt": p.question, "response": response, "answer": p.answer,
                   "task": p.task, "template": job.template, "difficulty": p.difficulty,
                   "backend": backend, "model": model}
-        is_eval = _hash("limo-eval", seed, p.id) / 2**64 < eval_fraction
+        is_eval = seeded_hash("limo-eval", seed, p.id) / 2**64 < eval_fraction
         (held if is_eval else train).append(record)
     counts = {
         "candidates": len(items), "difficulty_at_least_min": hard_enough,

@@ -12,32 +12,73 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from stages.dedup import heldout_ngrams
+from stages.ingest.shards import SCHEMA
 from stages.synth import (
     CHUNK,
     CORPUS,
     GENERATED,
     HELDOUT,
     LIMO,
+    MODELS,
     PROBLEMS,
     PROVENANCE,
     REPORT,
     SIGNALS,
     Params,
-    fingerprint,
     jobs,
     limo,
-    make_backend,
     problems,
     qc,
-    request_seed,
 )
-from stages.synth.backends import BackendError, Request
+from stages.synth.backends import BackendError, Request, Retry, Sampling, content_hash
 from stages.synth.cache import GenerationCache, make_key
 from stages.textstats.shards import ShardWriter, list_shards, write_manifest
 
 
 def _counts(items) -> dict[str, int]:
     return dict(sorted(Counter(items).items()))
+
+
+def fingerprint(params: Params, root: Path) -> str:
+    """The model identity in every cache key, computed without loading the model (a fully
+    cached run never loads one): a hash of the template code, of the model directory or file,
+    or the endpoint's model name."""
+    if params.backend == "templates":
+        from stages.synth.backends.templates import code_fingerprint
+
+        return code_fingerprint()
+    if params.backend == "http":
+        return f"http:{params.endpoint.model}"
+    model = root / params.model
+    if not model.exists():
+        raise FileNotFoundError(f"synth.model {params.model}: not found; put the {params.backend} "
+                                f"model there (see {MODELS}/README.md)")
+    return f"{params.backend}:{content_hash(model)[:16]}"
+
+
+def make_backend(params: Params, root: Path):
+    """The configured backend (model backends imported only when chosen)."""
+    sampling = Sampling(**params.sampling.model_dump())
+    client = params.client
+    if params.backend == "templates":
+        from stages.synth.backends.templates import TemplatesBackend
+
+        return TemplatesBackend()
+    if params.backend == "hf":
+        from stages.synth.backends.hf import HFBackend
+
+        return HFBackend(root / params.model, sampling, batch_size=client.batch_size,
+                         threads=client.threads)
+    if params.backend == "gguf":
+        from stages.synth.backends.gguf import GGUFBackend
+
+        return GGUFBackend(root / params.model, sampling, threads=client.threads)
+    from stages.synth.backends.http import HTTPBackend
+
+    return HTTPBackend(params.endpoint.base_url, params.endpoint.model, sampling,
+                       api=params.endpoint.api, api_key_env=client.api_key_env,
+                       concurrency=client.concurrency, timeout_s=client.timeout_s,
+                       retry=Retry(attempts=client.attempts, backoff_s=client.backoff_s))
 
 
 def build_problems(params: Params, ctx, cache: GenerationCache) -> list[problems.Problem]:
@@ -79,7 +120,7 @@ def _request(job: jobs.Job, params: Params, model: str, seed: int) -> Request:
     The templates backend renders the job's spec, so that spec is its prompt, and it ignores
     sampling (a sampling edit must not re-key template output).
     """
-    rseed = request_seed(seed, job.id)
+    rseed = jobs.seeded_hash("synth", seed, job.id) & 0x7FFFFFFF
     model_backend = params.backend != "templates"
     prompt = job.prompt if model_backend else json.dumps(job.spec, sort_keys=True)
     key = make_key({"kind": "generation", "backend": params.backend, "model": model,
@@ -145,10 +186,8 @@ def _doc_id(key: str) -> str:
 
 def _write_generated(path: Path, corpus: Path, rows: list[dict[str, Any]]) -> int:
     shards = list_shards(corpus)
-    base = pq.read_schema(shards[0]) if shards else None
-    fields = list(base) if base is not None else [
-        pa.field(n, pa.string()) for n in ("doc_id", "source", "domain", "path", "text")] + [
-        pa.field("n_chars", pa.int64()), pa.field("weight", pa.float64())]
+    base = pq.read_schema(shards[0]) if shards else SCHEMA.append(pa.field("weight", pa.float64()))
+    fields = list(base)
     schema = pa.schema(fields + [pa.field(n, pa.string()) for n in PROVENANCE])
     path.mkdir(parents=True)
     table = pa.Table.from_pylist(rows, schema=schema)

@@ -55,6 +55,7 @@ class TemplatesBackend:
             except (ValueError, KeyError) as exc:
                 yield request, BackendError("template_error", f"{type(exc).__name__}: {exc}")
                 continue
+            # no tokenizer here: `completion_tokens` counts words
             yield request, Generation(text=text, completion_tokens=len(text.split()))
 
     def close(self) -> None:
