@@ -19,6 +19,17 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Code every stage runs through (runner, atomic writes, params loading).
 COMMON_CODE = ("stages/runner.py", "stages/atomic.py", "stages/params.py")
+# What every training stage runs: the shared loop, the model, packed-token reading.
+TRAINING_CODE = ("stages/train", "stages/model", "stages/tokenize/pack.py")
+# The shared training params (`stages.train.config.TrainParams`) a training stage declares: all
+# but `checkpoint`, whose cadence never changes a result.
+TRAINING_PARAMS = ("precision", "optimizer", "schedule", "batch", "train_tokens", "compile",
+                   "log_every", "eval")
+
+
+def training_params(section: str, *own: str) -> tuple[str, ...]:
+    """`section.<key>` for the shared training keys and the stage's own keys."""
+    return tuple(f"{section}.{k}" for k in (*own, *TRAINING_PARAMS))
 
 
 @dataclass(frozen=True)
@@ -244,13 +255,9 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         name="pretrain",
         description="Phase-1 MoE pretraining on the packed tokens; exact resume from checkpoints.",
-        code=("stages/pretrain", "stages/model", "stages/tokenize/pack.py"),
+        code=("stages/pretrain", *TRAINING_CODE),
         deps=("data/tokenize",),
-        params=(
-            "base.seed", "pretrain.model", "pretrain.precision", "pretrain.optimizer",
-            "pretrain.schedule", "pretrain.batch", "pretrain.train_tokens", "pretrain.sampling",
-            "pretrain.compile", "pretrain.log_every", "pretrain.eval",
-        ),
+        params=("base.seed", *training_params("pretrain", "model", "sampling")),
         out="data/pretrain",
         metrics=("reports/pretrain/metrics.json",),
         plots=(
@@ -268,6 +275,69 @@ STAGES: tuple[Stage, ...] = (
                 lambda m: m["eval_bpb"] == m["eval_bpb"] and m["eval_bpb"] < m["eval_bpb_at_init"],
             ),
         ),
+    ),
+    Stage(
+        name="refine",
+        description="Phase-2 annealing on a high-quality mix from the stable-phase checkpoint, "
+        "then a LIMO-style SFT pass.",
+        code=("stages/refine", *TRAINING_CODE),
+        deps=("data/pretrain", "data/tokenize", "data/dedup", "data/signals", "data/synth",
+              "data/ingest"),
+        params=("base.seed", *training_params("refine")),
+        out="data/refine",
+        metrics=("reports/refine/metrics.json",),
+        plots=(
+            "reports/refine/loss.png",
+            "reports/refine/train_curve.json",
+            "reports/refine/eval_curve.json",
+        ),
+        plot_x="tokens",
+        persist=("checkpoints/refine",),
+        gpu=True,
+    ),
+    Stage(
+        name="adapt",
+        description="Domain adaptation of the refined model: full, LoRA or QLoRA, merged.",
+        code=("stages/adapt", *TRAINING_CODE),
+        deps=("data/refine", "data/tokenize", "data/dedup", "data/ingest"),
+        params=("base.seed", *training_params("adapt")),
+        out="data/adapt",
+        metrics=("reports/adapt/metrics.json",),
+        plots=(
+            "reports/adapt/loss.png",
+            "reports/adapt/train_curve.json",
+            "reports/adapt/eval_curve.json",
+        ),
+        plot_x="tokens",
+        persist=("checkpoints/adapt",),
+        gpu=True,
+    ),
+    Stage(
+        name="teacher_logits",
+        description="The adapted teacher's top-k log-probabilities on the distillation tokens.",
+        code=("stages/teacher_logits", *TRAINING_CODE),
+        deps=("data/adapt", "data/tokenize"),
+        params=("base.seed", "teacher_logits"),
+        out="data/teacher_logits",
+        metrics=("reports/teacher_logits/metrics.json",),
+        gpu=True,
+    ),
+    Stage(
+        name="distill",
+        description="A dense student trained on the teacher's top-k logits, and its no-KD baseline.",
+        code=("stages/distill", *TRAINING_CODE),
+        deps=("data/teacher_logits", "data/tokenize"),
+        params=("base.seed", *training_params("distill")),
+        out="data/distill",
+        metrics=("reports/distill/metrics.json",),
+        plots=(
+            "reports/distill/loss.png",
+            "reports/distill/train_curve.json",
+            "reports/distill/eval_curve.json",
+        ),
+        plot_x="tokens",
+        persist=("checkpoints/distill",),
+        gpu=True,
     ),
 )
 

@@ -73,6 +73,23 @@ def tiny_project_through(dest: Path, stages: tuple[str, ...]) -> Path:
     return root
 
 
+# Every stage before pretrain, in order (what a training stage's tests start from).
+UPSTREAM = ("ingest", "signals", "filter", "dedup", "synth", "mix", "tokenize")
+
+
+@pytest.fixture(scope="session")
+def pretrained_project(tmp_path_factory) -> Path:
+    """A tiny-profile project run through pretrain, once per test session. Shared: copy it
+    (`copy_tree`) before running anything in it."""
+    return tiny_project_through(tmp_path_factory.mktemp("lineage") / "project",
+                                (*UPSTREAM, "pretrain"))
+
+
+def copy_tree(src: Path, dest: Path) -> Path:
+    shutil.copytree(src, dest, symlinks=True)
+    return dest
+
+
 def temp_instance(path: Path):
     """A persistent (SQLite) Dagster instance in `path`, telemetry off."""
     from dagster import DagsterInstance

@@ -24,7 +24,7 @@ from orchestration.dvc_cli import venv_env
 from stages import llama_cpp
 from stages.model import load_training_model
 from stages.pretrain import CHECKPOINTS, OUT
-from stages.pretrain.checkpoint import complete, read_state
+from stages.train.checkpoint import complete, read_state
 from tests.conftest import TINY, set_params, tiny_project_through
 
 pytestmark = pytest.mark.slow
@@ -105,6 +105,9 @@ def test_checkpoint_loads_with_transformers_and_has_learned(trained: tuple[Path,
     evals = json.loads((project / "reports/pretrain/eval_curve.json").read_text())
     assert [r["step"] for r in evals] == [0, 4, 8, 12]
     assert len(complete(project / CHECKPOINTS)) == TINY["pretrain"]["checkpoint"]["keep_last"]
+    # the end of the WSD stable phase (step 10 of 12), where continued training starts
+    stable = AutoModelForCausalLM.from_pretrained(out / "stable")
+    assert not torch.equal(stable.lm_head.weight, hf.lm_head.weight)
 
 
 def test_checkpoint_converts_to_gguf_and_llama_cpp_computes_the_same(trained, tmp_path: Path):
@@ -139,7 +142,7 @@ def test_resume_after_two_sigkills_is_bit_identical(project: Path, tmp_path: Pat
     assert not (project / OUT).exists()  # a killed run never publishes its output
     metrics = _run(project)
     assert metrics["resumed_from_step"] >= second
-    for name in ("model.safetensors", "training.json"):
+    for name in ("model.safetensors", "training.json", "stable/model.safetensors"):
         assert (project / OUT / name).read_bytes() == (reference / OUT / name).read_bytes(), name
 
 
@@ -154,7 +157,7 @@ def test_incomplete_and_foreign_checkpoints_are_never_loaded(project: Path):
     assert metrics["resumed_from_step"] == 0  # the old run's checkpoints were not resumed
     assert not half.exists()
     assert {read_state(c)["step"] for c in complete(ckpts)} == {9, 12}
-    with open(project / "stages/pretrain/schedule.py", "a") as fh:  # a code change: another
+    with open(project / "stages/train/schedule.py", "a") as fh:  # a code change: another
         fh.write("# changed\n")  # identity too (the finished run is not re-exported)
     assert _run(project)["resumed_from_step"] == 0
 

@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from stages.pretrain.data import IGNORE, Split, eval_windows, global_batch
-from stages.pretrain.schedule import lr_multiplier
-from stages.pretrain.train import evaluate, progress_bar
 from stages.tokenize.pack import PackWriter
+from stages.train.batches import IGNORE, Split, eval_windows, global_batch
+from stages.train.loop import evaluate, progress_bar
+from stages.train.schedule import lr_multiplier
+from stages.train.task import EvalSet
 
 SEQ = 8
 
@@ -96,7 +97,7 @@ def test_progress_bar_only_for_the_main_process_on_a_terminal(monkeypatch):
     screen = Terminal()
     monkeypatch.setattr(sys, "stderr", screen)
     main = SimpleNamespace(is_main_process=True)
-    bar = progress_bar({"progress": True}, main, total=10, start=3)
+    bar = progress_bar({"progress": True}, main, total=10, start=3, desc="pretrain")
     bar.update(1)
     bar.close()
     assert "pretrain" in screen.getvalue() and "4/10" in screen.getvalue()
@@ -125,6 +126,7 @@ def test_every_process_runs_as_many_evaluation_forwards():
     passes = {}
     for rank in (0, 1):
         seen.clear()
-        assert evaluate(Model(), (x, y, 100), 2, acc(rank), contextlib.nullcontext)["loss"] == 2.0
+        windows = EvalSet(x, y, 100)
+        assert evaluate(Model(), windows, 2, acc(rank), contextlib.nullcontext)["loss"] == 2.0
         passes[rank] = list(seen)
     assert passes == {0: [([0, 16], 2 * SEQ), ([32], SEQ)], 1: [([8, 24], 2 * SEQ), ([0], 0)]}

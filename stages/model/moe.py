@@ -35,6 +35,7 @@ class Output(NamedTuple):
     ce: torch.Tensor | None  # next-token cross-entropy (for perplexity / bits per byte)
     aux_loss: torch.Tensor | None
     z_loss: torch.Tensor | None
+    token_loss: torch.Tensor | None = None  # the per-token objective in `loss` (here: ce)
 
 
 class RMSNorm(nn.Module):
@@ -343,7 +344,7 @@ class MoEForCausalLM(nn.Module):
         aux = load_balancing_loss(stats, cfg.n_experts)
         z = torch.stack([torch.logsumexp(lg, dim=-1).pow(2).mean() for lg, _, _ in stats]).mean()
         loss = ce + cfg.aux_loss_coef * aux + (cfg.z_loss_coef * z if cfg.z_loss_coef else 0.0)
-        return Output(None, loss, ce, aux, z)
+        return Output(None, loss, ce, aux, z, ce)
 
     def num_params(self, active: bool = False, embeddings: bool = True) -> int:
         """Parameter count; `active` counts top_k of n_experts, `embeddings=False` drops the input

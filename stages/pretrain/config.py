@@ -1,18 +1,16 @@
-"""`pretrain` params: model size, precision, optimizer, schedule, batch, sampling, evaluation.
-
-The vocabulary size and context length are not params here: they come from the `tokenize` output
-the stage trains on. `checkpoint` knobs do not change the result (resume is exact) and are not
-declared as stage params, so changing them never makes `pretrain` stale.
-"""
+"""`pretrain` params: the model and the sampling of the packed tokens, plus the shared training
+params (`stages.train.config`). The vocabulary size and context length are not params here: they
+come from the `tokenize` output the stage trains on."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
-from stages.model.config import ARCHS, RECIPES, PrecisionConfig
+from stages.model.config import ARCHS
 from stages.params import StrictModel
+from stages.train.config import TrainParams
 
 
 class ModelParams(StrictModel):
@@ -36,63 +34,8 @@ class ModelParams(StrictModel):
     init_std: float = Field(0.02, gt=0)
 
 
-class PrecisionParams(StrictModel):
-    mode: Literal[tuple(RECIPES)] = "fp32"  # type: ignore[valid-type]
-    recipe: str | None = Field(None, description="None: the mode's default (see precision.py)")
-    amax_history_len: int = Field(16, ge=1)
-    margin: int = Field(0, ge=0)
-
-    @model_validator(mode="after")
-    def _recipe_known(self) -> PrecisionParams:
-        PrecisionConfig(**self.model_dump())  # the model's own check, before any work starts
-        return self
-
-
-class OptimizerParams(StrictModel):
-    lr: float = Field(3e-3, gt=0, description="peak learning rate")
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = Field(1e-8, gt=0)
-    weight_decay: float = Field(0.1, ge=0, description="on matrices only, not norms")
-    grad_clip: float = Field(1.0, gt=0, description="max global gradient norm")
-
-
-class ScheduleParams(StrictModel):
-    kind: Literal["wsd", "cosine"] = "wsd"
-    warmup_steps: int = Field(20, ge=0)
-    decay_fraction: float = Field(0.2, gt=0, le=1, description="wsd: share of steps decaying")
-    min_lr_ratio: float = Field(0.1, ge=0, le=1)
-
-
-class BatchParams(StrictModel):
-    global_seqs: int = Field(16, ge=1, description="sequences per optimizer step, all processes")
-    micro_seqs: int = Field(8, ge=1, description="sequences per forward/backward per process")
-
-
-class EvalParams(StrictModel):
-    every_steps: int = Field(25, ge=1, description="validation + held-out eval cadence")
-    micro_seqs: int = Field(8, ge=1)
-    max_bytes: int = Field(0, ge=0, description="evaluate the leading documents of each split "
-                           "up to this many UTF-8 bytes of text (same texts for any tokenizer); "
-                           "0 = all")
-
-
-class CheckpointParams(StrictModel):
-    every_steps: int = Field(25, ge=1)
-    keep_last: int = Field(2, ge=1)
-
-
-class Params(StrictModel):
+class Params(TrainParams):
     model: ModelParams = ModelParams()
-    precision: PrecisionParams = PrecisionParams()
-    optimizer: OptimizerParams = OptimizerParams()
-    schedule: ScheduleParams = ScheduleParams()
-    batch: BatchParams = BatchParams()
-    train_tokens: int = Field(320_000, ge=1, description="stop after this many sequence tokens "
-                              "(rounded up to whole steps)")
     sampling: Literal["softdedup", "uniform"] = Field(
         "softdedup", description="softdedup: draw sequences in proportion to their SoftDedup "
         "weight; uniform: seeded epoch permutations")
-    compile: bool = Field(False, description="torch.compile the training step")
-    log_every: int = Field(5, ge=1)
-    eval: EvalParams = EvalParams()
-    checkpoint: CheckpointParams = CheckpointParams()

@@ -23,15 +23,21 @@ def lr_multiplier(kind: str, total_steps: int, warmup_steps: int, min_lr_ratio: 
         cos = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
         return min_lr_ratio + (1 - min_lr_ratio) * cos
 
-    decay_steps = max(1, round(decay_fraction * total_steps))
-    decay_start = max(warmup, total_steps - decay_steps)
+    start = decay_start(total_steps, warmup_steps, decay_fraction)
 
     def wsd(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        if step < decay_start:
+        if step < start:
             return 1.0
-        progress = (step - decay_start + 1) / max(1, total_steps - decay_start)
+        progress = (step - start + 1) / max(1, total_steps - start)
         return 1.0 - (1.0 - min_lr_ratio) * min(progress, 1.0)
 
     return {"cosine": cosine, "wsd": wsd}[kind]
+
+
+def decay_start(total_steps: int, warmup_steps: int, decay_fraction: float) -> int:
+    """The first step of a WSD decay: the steps before it are the stable phase, whose end is the
+    checkpoint continued training starts from."""
+    warmup = min(warmup_steps, max(total_steps - 1, 0))
+    return max(warmup, total_steps - max(1, round(decay_fraction * total_steps)))

@@ -1,4 +1,4 @@
-"""Training batches and evaluation windows over the packed token splits of `tokenize`.
+"""Training batches and evaluation windows over packed token splits (`stages.tokenize.pack`).
 
 Which sequences a step trains on is a pure function of (seed, step): resuming at step s needs no
 sampler state, and every process computes the same global batch and takes its own slice of it.
@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from stages.tokenize.pack import open_split
+from stages.train.task import EvalSet
 
 IGNORE = -100  # target id the loss skips (PAD)
 
@@ -101,3 +102,8 @@ def eval_windows(split: Split, pad_id: int, max_bytes: int = 0
     x, y = torch.stack(inputs), torch.stack(targets)
     y[y == pad_id] = IGNORE
     return x, y, n_bytes
+
+
+def eval_set(split: Split, pad_id: int, max_bytes: int = 0) -> EvalSet:
+    """The evaluation windows of a packed text split, scored in bits per byte."""
+    return EvalSet(*eval_windows(split, pad_id, max_bytes))

@@ -1,21 +1,22 @@
-"""The training loop, run in-process or by each process of `accelerate launch`.
+"""The training loop of every training stage, in-process or in each `accelerate launch` process.
 
-`python -m stages.pretrain.train <spec.json>` is what `accelerate launch` starts; the spec (written
-by `stages.pretrain.run`) names the params, the token splits, the temporary output, the checkpoint
-directory and where to report timings. One code path for 1 CPU process, N gloo CPU processes and
-N GPUs (DDP): every process computes the same global batch from (seed, step), takes its slice,
-and the loss is normalised by the global batch's target-token count, so the gradient is the same
-for any process count at the same global batch.
+`python -m stages.train.loop <spec.json>` is what `accelerate launch` starts; the spec (written by
+`stages.train.launch`) names the task module (the stage's model, data, loss and export: see
+`task.py`), its params, the temporary output, the checkpoint directory and where to report
+timings. One code path for 1 CPU process, N gloo CPU processes and N GPUs (DDP): every process
+computes the same global batch from (seed, step), takes its slice, and the token loss is
+normalised by the global batch's target-token count, so the gradient is the same for any process
+count at the same global batch.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import logging
 import math
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -24,31 +25,26 @@ import torch
 from accelerate import Accelerator, DistributedType
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from stages.model import MoEConfig, MoEForCausalLM, save_hf
-from stages.model.precision import PrecisionConfig, apply_precision, precision_metadata
-from stages.pretrain import checkpoint
-from stages.pretrain.config import Params
-from stages.pretrain.data import IGNORE, Split, eval_windows, global_batch, inputs_targets
-from stages.pretrain.schedule import lr_multiplier
+from stages.train import checkpoint
+from stages.train.batches import IGNORE
+from stages.train.schedule import lr_multiplier
+from stages.train.task import EvalSet, Task
 
-log = logging.getLogger("stages.pretrain")
-
-
-def model_config(p: Params, vocab_size: int, seq_len: int) -> MoEConfig:
-    return MoEConfig(vocab_size=vocab_size, max_seq_len=seq_len, **p.model.model_dump())
+log = logging.getLogger("stages.train")
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices (incl. embeddings and expert tensors), none on norm vectors."""
-    decay = [p for _, p in model.named_parameters() if p.ndim >= 2]
-    other = [p for _, p in model.named_parameters() if p.ndim < 2]
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": other, "weight_decay": 0.0}]
+    """Weight decay on matrices (incl. embeddings and expert tensors), none on norm vectors; only
+    parameters that train (adapters, for a LoRA model)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
 
 
-def flops_per_token(model: MoEForCausalLM, seq_len: int) -> float:
-    """Training FLOPs per token: 6 x active non-embedding params plus attention scores, 12 x d x
-    attended length per layer (PaLM's accounting; the window bounds sliding layers)."""
+def flops_per_token(model, seq_len: int) -> float:
+    """Training FLOPs per token of a `stages.model` model: 6 x active non-embedding params plus
+    attention scores, 12 x d x attended length per layer (PaLM's accounting; the window bounds
+    sliding layers)."""
     cfg = model.config
     attn = sum(12 * cfg.d_model * (min(seq_len, cfg.sliding_window) if kind == "sliding_attention"
                                    else seq_len) for kind in cfg.layer_types)
@@ -78,10 +74,10 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.no_grad()
-def evaluate(model, windows, micro: int, acc: Accelerator, autocast) -> dict:
+def evaluate(model, windows: EvalSet, micro: int, acc: Accelerator, autocast) -> dict:
     """Summed next-token NLL over evaluation windows (sharded over processes); mean loss,
-    perplexity and bits per UTF-8 byte of the windows' text."""
-    x_all, y_all, n_bytes = windows
+    perplexity and, for a text set, bits per UTF-8 byte."""
+    x_all, y_all, n_bytes = windows.inputs, windows.targets, windows.n_bytes
     was_training = model.training
     model.eval()
     nll = torch.zeros((), dtype=torch.float64, device=acc.device)
@@ -104,23 +100,24 @@ def evaluate(model, windows, micro: int, acc: Accelerator, autocast) -> dict:
     nll, count = acc.reduce(nll, "sum"), acc.reduce(count, "sum")
     model.train(was_training)
     loss = (nll / count).item()
-    return {"loss": loss, "ppl": math.exp(min(loss, 50.0)),
-            "bpb": (nll / math.log(2) / n_bytes).item()}
+    out = {"loss": loss, "ppl": math.exp(min(loss, 50.0))}
+    if n_bytes:
+        out["bpb"] = (nll / math.log(2) / n_bytes).item()
+    return out
 
 
-def progress_bar(spec: dict, acc: Accelerator, total: int, start: int):
+def progress_bar(spec: dict, acc: Accelerator, total: int, start: int, desc: str = "train"):
     """A tqdm bar over steps on the main process when progress is on and stderr is a terminal
     (None otherwise: then step log lines carry the progress into logs such as Dagster's)."""
     if not (spec.get("progress") and acc.is_main_process and sys.stderr.isatty()):
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=start, desc="pretrain", unit="step", file=sys.stderr,
+    return tqdm(total=total, initial=start, desc=desc, unit="step", file=sys.stderr,
                 dynamic_ncols=True)
 
 
 def run_training(spec: dict) -> None:
-    p = Params.model_validate(spec["params"])
     acc = Accelerator(cpu=not torch.cuda.is_available())
     if (os.environ.get("ACCELERATE_USE_FSDP") == "true"
             and acc.distributed_type != DistributedType.FSDP):
@@ -131,31 +128,23 @@ def run_training(spec: dict) -> None:
     world, rank = acc.num_processes, acc.process_index
     if acc.device.type == "cpu":
         torch.set_num_threads(max(1, spec["threads"] // world))
+    stage = spec["stage"]
+    module = importlib.import_module(spec["task"])
+    p = module.Params.model_validate(spec["params"])
     g, m = p.batch.global_seqs, p.batch.micro_seqs
     if g % (m * world):
-        raise ValueError(f"pretrain.batch.global_seqs ({g}) must be a multiple of micro_seqs ({m})"
+        raise ValueError(f"{stage}.batch.global_seqs ({g}) must be a multiple of micro_seqs ({m})"
                          f" x processes ({world})")
     accum, per_rank = g // (m * world), g // world
-
-    tok = Path(spec["tokens_dir"])
-    manifest = json.loads((tok / "manifest.json").read_text())
-    train = Split.open(tok / "train")
-    val = Split.open(tok / "validation")
-    heldout = Split.open(tok / "eval")
-    pad = int(train.index["pad_id"])
-    seq_len = train.seq_len
-    windows = {key: eval_windows(s, pad, p.eval.max_bytes)
-               for key, s in (("val", val), ("eval", heldout)) if s.sequences}
+    rss_start = _rss_mb()
 
     torch.manual_seed(spec["seed"])
-    model = MoEForCausalLM(model_config(p, manifest["vocab_size"], seq_len))
-    pc = PrecisionConfig(**p.precision.model_dump())
-    autocast = apply_precision(model, pc, acc.device.type)
+    task: Task = module.build(p, spec, acc)
+    model, autocast, total_steps, step_tokens = (task.model, task.autocast, task.total_steps,
+                                                 task.step_tokens)
     model.to(acc.device)
     optimizer = torch.optim.AdamW(param_groups(model, p.optimizer.weight_decay), lr=p.optimizer.lr,
                                   betas=p.optimizer.betas, eps=p.optimizer.eps, fused=True)
-    step_tokens = g * seq_len
-    total_steps = math.ceil(p.train_tokens / step_tokens)
     s = p.schedule
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(
         s.kind, total_steps, s.warmup_steps, s.min_lr_ratio, s.decay_fraction))
@@ -175,14 +164,16 @@ def run_training(spec: dict) -> None:
         start, curve, evals = state["step"], state["curve"], state["evals"]
         log.info("resuming from %s (step %d of %d)", done[-1].name, start, total_steps)
     if acc.is_main_process:
-        log.info("model: %.2fM params, %.2fM active; %d steps x %d sequences x %d tokens; "
-                 "%d process(es), %d micro-step(s) of %d", model.num_params() / 1e6,
-                 model.num_params(active=True) / 1e6, total_steps, g, seq_len, world, accum, m)
+        log.info("%s: %.2fM params, %.2fM active, %.2fM trained; %d steps x %d sequences; "
+                 "%d process(es), %d micro-step(s) of %d", stage, task.counts["total"] / 1e6,
+                 task.counts["active"] / 1e6, task.counts["trainable"] / 1e6, total_steps, g,
+                 world, accum, m)
+
     def measured_peak() -> float:  # the processes' summed matmul rates
         return acc.reduce(torch.tensor(matmul_rate(acc.device), device=acc.device), "sum").item()
 
     peak = measured_peak()
-    fpt = flops_per_token(model, seq_len)
+    fpt = task.flops_per_token
 
     def save(step: int) -> None:
         tmp = checkpoint.tmp_dir(ckpt_root, step, spec["launch"])
@@ -194,11 +185,19 @@ def run_training(spec: dict) -> None:
                                "evals": evals}, p.checkpoint.keep_last)
         acc.wait_for_everyone()
 
+    def snapshot(step: int, name: str) -> None:
+        """Export the weights as they are now, kept with the checkpoints until the end."""
+        state = acc.get_state_dict(run_model)
+        if acc.is_main_process:
+            checkpoint.save_snapshot(ckpt_root, name, step, spec["identity"], spec["launch"],
+                                     lambda d: task.export(model, state, d))
+        acc.wait_for_everyone()
+
     def run_eval(step: int) -> None:
         row: dict = {"step": step, "tokens": step * step_tokens}
-        for key, win in windows.items():
+        for key, win in task.evals.items():
             r = evaluate(model, win, p.eval.micro_seqs, acc, autocast)
-            row |= {f"{key}_loss": r["loss"], f"{key}_ppl": r["ppl"], f"{key}_bpb": r["bpb"]}
+            row |= {f"{key}_{k}": v for k, v in r.items()}
         evals.append(row)
         if acc.is_main_process:
             log.info("eval step %d: %s", step, "  ".join(
@@ -206,25 +205,27 @@ def run_training(spec: dict) -> None:
 
     if start == 0 and not evals:
         run_eval(0)
+    for step, name in task.snapshots.items():
+        if step == 0 and not checkpoint.snapshot(ckpt_root, name):
+            snapshot(0, name)
 
     def train_step(step: int) -> None:
         """One optimizer step on the global batch of `step`; log, eval, checkpoint on cadence."""
         nonlocal step_seconds
-        idx = global_batch(train, step, g, spec["seed"], p.sampling)
-        x_all, y_all = inputs_targets(train, idx, pad)
-        n_targets = int((y_all != IGNORE).sum())
-        mine = slice(rank * per_rank, (rank + 1) * per_rank)
-        x, y = x_all[mine], y_all[mine]
+        batch = task.batch(step)
+        n_targets = int((batch["targets"] != IGNORE).sum())
+        mine = {k: v[rank * per_rank:(rank + 1) * per_rank] for k, v in batch.items()}
         _sync(acc.device)
         t0 = time.perf_counter()
         ce_sum = torch.zeros((), device=acc.device, dtype=torch.float64)
         for i in range(accum):
-            xs, ys = x[i * m:(i + 1) * m].to(acc.device), y[i * m:(i + 1) * m].to(acc.device)
-            n_micro = int((ys != IGNORE).sum())
+            micro = {k: v[i * m:(i + 1) * m].to(acc.device) for k, v in mine.items()}
+            n_micro = int((micro["targets"] != IGNORE).sum())
             sync = acc.no_sync(run_model) if i < accum - 1 else contextlib.nullcontext()
             with sync, autocast():
-                out = run_model(xs, ys)
-                loss = out.ce * (n_micro * world / n_targets) + (out.loss - out.ce) / accum
+                out = task.forward(run_model, micro)
+                loss = (out.token_loss * (n_micro * world / n_targets)
+                        + (out.loss - out.token_loss) / accum)
             acc.backward(loss)
             ce_sum += out.ce.detach().double() * n_micro
         grad_norm = acc.clip_grad_norm_(run_model.parameters(), p.optimizer.grad_clip)
@@ -240,7 +241,7 @@ def run_training(spec: dict) -> None:
             if not math.isfinite(train_loss):
                 raise FloatingPointError(
                     f"training loss is {train_loss} at step {done_steps}: training diverged; lower "
-                    "pretrain.optimizer.lr or raise pretrain.schedule.warmup_steps")
+                    f"{stage}.optimizer.lr or raise {stage}.schedule.warmup_steps")
             curve.append({"step": done_steps, "tokens": done_steps * step_tokens,
                           "train_loss": train_loss, "lr": lr, "grad_norm": float(grad_norm)})
             trained = (done_steps - start) * step_tokens
@@ -256,12 +257,14 @@ def run_training(spec: dict) -> None:
             bar.update(1)
         if done_steps % p.eval.every_steps == 0 or done_steps == total_steps:
             run_eval(done_steps)
+        if done_steps in task.snapshots:
+            snapshot(done_steps, task.snapshots[done_steps])
         if done_steps % p.checkpoint.every_steps == 0 or done_steps == total_steps:
             save(done_steps)
 
     step_seconds, wall_start = 0.0, time.perf_counter()
     run_model.train()
-    bar = progress_bar(spec, acc, total_steps, start)
+    bar = progress_bar(spec, acc, total_steps, start, stage)
     with logging_redirect_tqdm() if bar else contextlib.nullcontext():
         for step in range(start, total_steps):
             train_step(step)
@@ -275,9 +278,9 @@ def run_training(spec: dict) -> None:
     if not acc.is_main_process:
         return
     out = Path(spec["out_dir"])
-    save_hf(model, out, precision_metadata(pc), state)
-    for f in sorted((tok / "tokenizer").iterdir()):
-        shutil.copy2(f, out / f.name)
+    task.export(model, state, out)
+    for name in task.snapshots.values():
+        checkpoint.copy_snapshot(ckpt_root, name, out / name)
     training = {"total_steps": total_steps, "tokens": total_steps * step_tokens, "curve": curve,
                 "evals": evals, "seed": spec["seed"], "params": p.model_dump(mode="json"),
                 "processes": world}
@@ -289,18 +292,28 @@ def run_training(spec: dict) -> None:
         "tokens_per_s_step": trained / step_seconds if step_seconds else None,
         "tokens_per_s_loop": trained / wall if step_seconds else None,
         "flops_per_token": fpt, "peak_flops": peak, "device": acc.device.type,
-        "params_total": model.num_params(), "params_active": model.num_params(active=True),
+        "params_total": task.counts["total"], "params_active": task.counts["active"],
+        "params_trainable": task.counts["trainable"],
         "peak_memory_mb": _peak_memory_mb(acc.device),
+        "train_memory_mb": _peak_memory_mb(acc.device) - (0 if acc.device.type == "cuda"
+                                                          else rss_start),
     }
     Path(spec["report"]).write_text(json.dumps(report, sort_keys=True))
 
 
 def _peak_memory_mb(device: torch.device) -> float:
+    """CUDA: peak allocated; CPU: the process's peak resident set."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _rss_mb() -> float:
+    """Resident set now (Linux), so the CPU report can say what training added to the peak."""
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def main(argv: list[str]) -> int:

@@ -1,0 +1,13 @@
+"""distill: being built (issue 12)."""
+
+from __future__ import annotations
+
+from stages.train.config import TrainParams
+
+
+class Params(TrainParams):
+    pass
+
+
+def run(params: Params, ctx) -> dict:
+    raise NotImplementedError("distill is being built")
