@@ -283,7 +283,8 @@ STAGES: tuple[Stage, ...] = (
         code=("stages/refine", *TRAINING_CODE),
         deps=("data/pretrain", "data/tokenize", "data/dedup", "data/signals", "data/synth",
               "data/ingest"),
-        params=("base.seed", *training_params("refine")),
+        params=("base.seed", *training_params("refine", "init", "mix", "curated_top_fraction",
+                                              "synthetic_templates", "sft")),
         out="data/refine",
         metrics=("reports/refine/metrics.json",),
         plots=(
@@ -300,7 +301,7 @@ STAGES: tuple[Stage, ...] = (
         description="Domain adaptation of the refined model: full, LoRA or QLoRA, merged.",
         code=("stages/adapt", *TRAINING_CODE),
         deps=("data/refine", "data/tokenize", "data/dedup", "data/ingest"),
-        params=("base.seed", *training_params("adapt")),
+        params=("base.seed", *training_params("adapt", "mode", "corpus", "lora", "qlora")),
         out="data/adapt",
         metrics=("reports/adapt/metrics.json",),
         plots=(
@@ -311,6 +312,21 @@ STAGES: tuple[Stage, ...] = (
         plot_x="tokens",
         persist=("checkpoints/adapt",),
         gpu=True,
+        checks=(
+            MetricCheck(
+                "domain_learned",
+                "domain held-out bits per byte is finite and below its value before adapting",
+                lambda m: m["domain_bpb"] == m["domain_bpb"]
+                and m["domain_bpb"] < m["domain_bpb_at_init"],
+            ),
+            MetricCheck(
+                "trainable_counts_sane",
+                "full trains every weight; lora and qlora only adapters, a fraction of them",
+                lambda m: m["params_trainable"] == m["params_total"]
+                if m["mode"] == "full"
+                else 0 < m["params_trainable"] < m["params_total"],
+            ),
+        ),
     ),
     Stage(
         name="teacher_logits",
@@ -321,23 +337,49 @@ STAGES: tuple[Stage, ...] = (
         out="data/teacher_logits",
         metrics=("reports/teacher_logits/metrics.json",),
         gpu=True,
+        checks=(
+            MetricCheck(
+                "topk_scored",
+                "tokens were scored, the teacher's CE is finite and its top-k holds probability",
+                lambda m: (m["tokens_scored"] > 0 and m["teacher_ce"] == m["teacher_ce"]
+                           and 0 < m["topk_mass_mean"] <= 1 + 1e-6),
+            ),
+        ),
     ),
     Stage(
         name="distill",
-        description="A dense student trained on the teacher's top-k logits, and its no-KD baseline.",
-        code=("stages/distill", *TRAINING_CODE),
+        description="A dense student trained on the teacher's top-k logits; its no-KD baseline.",
+        code=("stages/distill", "stages/teacher_logits/cache.py", *TRAINING_CODE),
         deps=("data/teacher_logits", "data/tokenize"),
-        params=("base.seed", *training_params("distill")),
+        params=("base.seed", *training_params("distill", "student", "kd")),
         out="data/distill",
         metrics=("reports/distill/metrics.json",),
         plots=(
             "reports/distill/loss.png",
             "reports/distill/train_curve.json",
             "reports/distill/eval_curve.json",
+            "reports/distill/kd_vs_baseline.png",
+            "reports/distill/baseline/loss.png",
+            "reports/distill/baseline/train_curve.json",
+            "reports/distill/baseline/eval_curve.json",
         ),
         plot_x="tokens",
         persist=("checkpoints/distill",),
         gpu=True,
+        checks=(
+            MetricCheck(
+                "students_learning",
+                "both students' held-out bits per byte are finite and below their initial value",
+                lambda m: (m["eval_bpb"] < m["eval_bpb_at_init"]
+                           and m["baseline_eval_bpb"] < m["baseline_eval_bpb_at_init"]),
+            ),
+            MetricCheck(
+                "kd_reaches_baseline",
+                "the KD student reaches the no-KD baseline's final held-out loss within the "
+                "budget (tokens_to_target_fraction is finite)",
+                lambda m: m["tokens_to_target_fraction"] is not None,
+            ),
+        ),
     ),
 )
 

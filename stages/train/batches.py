@@ -57,6 +57,12 @@ def global_batch(split: Split, step: int, size: int, seed: int, sampling: str) -
         p = split.weights.astype(np.float64)
         rng = np.random.default_rng([seed, step])
         return rng.choice(n, size=size, replace=True, p=p / p.sum())
+    return epoch_batch(n, step, size, seed)
+
+
+def epoch_batch(n: int, step: int, size: int, seed: int) -> np.ndarray:
+    """Items step*size .. (step+1)*size - 1 of the stream of seeded epoch permutations of
+    range(n): every item once per epoch, a pure function of (seed, step)."""
     positions = np.arange(step * size, (step + 1) * size)
     out = np.empty(size, dtype=np.int64)
     for epoch in np.unique(positions // n):

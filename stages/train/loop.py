@@ -106,6 +106,18 @@ def evaluate(model, windows: EvalSet, micro: int, acc: Accelerator, autocast) ->
     return out
 
 
+def evaluate_model(model, evals: dict[str, EvalSet], micro: int, device: str = "cpu",
+                   autocast=contextlib.nullcontext) -> dict:
+    """`evaluate` in one process, outside a training run: `<set>_loss`, `_ppl`, `_bpb` per set
+    (the same numbers a training run logs, for models the loop did not train)."""
+    from types import SimpleNamespace
+
+    one = SimpleNamespace(process_index=0, num_processes=1, device=torch.device(device),
+                          reduce=lambda t, op: t)
+    return {f"{key}_{k}": v for key, windows in evals.items()
+            for k, v in evaluate(model, windows, micro, one, autocast).items()}
+
+
 def progress_bar(spec: dict, acc: Accelerator, total: int, start: int, desc: str = "train"):
     """A tqdm bar over steps on the main process when progress is on and stderr is a terminal
     (None otherwise: then step log lines carry the progress into logs such as Dagster's)."""

@@ -1,13 +1,16 @@
-"""The whole `pretrain` stage's tokens/s against its pure training-step rate, in one run.
+"""A training stage's whole-command tokens/s against its pure training-step rate, in one run.
 
-Runs `python -m stages run pretrain` (the command DVC and Dagster run) in a scratch copy of the
-project that reuses this project's `data/tokenize` (run `make pipeline` or `dvc repro tokenize`
-first), from an empty checkpoint directory, with the params in `params.yaml` (demo profile).
-Stage tokens/s = trained tokens / wall time of the whole command (interpreter start, imports,
-data loading, evaluations, checkpoints and the final export included); step tokens/s = trained
-tokens / time inside forward, backward and optimizer steps, measured by the stage itself.
+Runs `python -m stages run <stage>` (the command DVC and Dagster run) in a scratch copy of the
+project that reuses this project's inputs of that stage (run `make pipeline` or `dvc repro
+<stage>` first), from an empty checkpoint directory, with the params in `params.yaml` (demo
+profile). Stage tokens/s = trained tokens / wall time of the whole command (interpreter start,
+imports, data preparation, evaluations, checkpoints and the final export included); step
+tokens/s = trained tokens / time inside forward, backward and optimizer steps, measured by the
+training loop itself. A stage that trains more than one model (distill: the student and its
+no-KD baseline) reports the summed tokens and the step rate over both.
 
-    python bench/pretrain_overhead.py --workdir /tmp/pretrain-bench [--set pretrain.compile=true]
+    python bench/training_overhead.py --stage refine --workdir /tmp/overhead-bench
+    python bench/training_overhead.py --stage pretrain --workdir /tmp/b --set pretrain.compile=true
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from orchestration.dvc_cli import venv_env  # noqa: E402
 from stages.profiles import merge  # noqa: E402
+from stages.registry import stage  # noqa: E402
 
 COPY = ("stages", "params.yaml")
 
@@ -42,11 +46,14 @@ def dotted(assignment: str) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--stage", default="pretrain", help="a training stage (default: pretrain)")
     ap.add_argument("--workdir", type=Path, required=True)
     ap.add_argument("--set", action="append", default=[], help="params override, a.b=value")
     args = ap.parse_args()
-    if not (ROOT / "data/tokenize/manifest.json").exists():
-        raise SystemExit("data/tokenize is missing: run `dvc repro tokenize` first")
+    st = stage(args.stage)
+    missing = [d for d in st.deps if not (ROOT / d).exists()]
+    if missing:
+        raise SystemExit(f"missing inputs {missing}: run `dvc repro {args.stage}` first")
 
     work = args.workdir
     if work.exists():
@@ -58,27 +65,32 @@ def main() -> None:
         else:
             work.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, work / rel)
-    shutil.copytree(ROOT / "data/tokenize", work / "data/tokenize")
+    for dep in st.deps:
+        shutil.copytree(ROOT / dep, work / dep, symlinks=True)
     params = yaml.safe_load((work / "params.yaml").read_text())
     for assignment in args.set:
         merge(params, dotted(assignment))
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "stages", "run", "pretrain"], cwd=work,
+    proc = subprocess.run([sys.executable, "-m", "stages", "run", st.name], cwd=work,
                           env=venv_env(), capture_output=True, text=True)
     wall = time.perf_counter() - started
     if proc.returncode:
         raise SystemExit(proc.stdout + proc.stderr)
-    m = json.loads((work / "reports/pretrain/metrics.json").read_text())
-    stage_tps = m["tokens"] / wall
+    m = json.loads((work / st.metrics[0]).read_text())
+    runs = [m, *m.get("runs", {}).values()]  # a stage's extra runs, e.g. distill's baseline
+    tokens = sum(r["tokens"] for r in runs)
+    step_seconds = sum(r["tokens"] / r["tokens_per_s_step"] for r in runs)
+    stage_tps = tokens / wall
     results = {
-        "tokens": m["tokens"],
-        "steps": m["steps"],
+        "stage": st.name,
+        "tokens": tokens,
+        "steps": sum(r["steps"] for r in runs),
         "stage_wall_s": round(wall, 1),
-        "tokens_per_s_step": round(m["tokens_per_s_step"], 1),
+        "tokens_per_s_step": round(tokens / step_seconds, 1),
         "tokens_per_s_stage": round(stage_tps, 1),
-        "stage_overhead": round(1 - stage_tps / m["tokens_per_s_step"], 4),
+        "stage_overhead": round(1 - stage_tps * step_seconds / tokens, 4),
         "loop_overhead_eval_and_checkpoints": round(m["loop_overhead"], 4),
         "mfu_steps": round(m["mfu"], 4),
         "peak_memory_mb": round(m["peak_memory_mb"], 1),
