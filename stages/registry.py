@@ -301,7 +301,11 @@ STAGES: tuple[Stage, ...] = (
         description="Domain adaptation of the refined model: full, LoRA or QLoRA, merged.",
         code=("stages/adapt", *TRAINING_CODE),
         deps=("data/refine", "data/tokenize", "data/dedup", "data/ingest"),
-        params=("base.seed", *training_params("adapt", "mode", "corpus", "lora", "qlora")),
+        params=(
+            "base.seed",
+            *training_params("adapt", "mode", "corpus", "activation_checkpointing", "lora",
+                             "qlora"),
+        ),
         out="data/adapt",
         metrics=("reports/adapt/metrics.json",),
         plots=(

@@ -27,7 +27,8 @@ pytestmark = pytest.mark.slow
 ALL = {s.name for s in STAGES}
 # A filter threshold is also synth's (its QC applies filter's rules to generated text).
 EDITED = {"filter", "synth"}
-AFTER_FILTER = ("dedup", "mix", "tokenize", "pretrain")
+TRAINING = ("pretrain", "refine", "adapt", "teacher_logits", "distill")
+AFTER_FILTER = ("dedup", "mix", "tokenize", *TRAINING)
 # A threshold no document of the tiny corpus is near: filter re-runs, its output bytes stay.
 NOOP_EDIT = {"filter": {"gopher_quality": {"max_words": 100_001}}}
 # A threshold that removes documents: filter's output changes, so dedup must follow.
@@ -86,8 +87,22 @@ def test_dvc_first(project: Path, tmp_path: Path):
     synth_metrics = (project / "reports/synth/metrics.json").read_bytes()
     set_params(project, mix={"synthetic_fraction": 0.02})  # the tiny corpus uses all at 0.1
     assert dagster_unsynced(project, instance) == {"mix"} == dvc_changed(project)
-    assert dvc_repro(project) == {"mix", "tokenize", "pretrain"}
+    assert dvc_repro(project) == {"mix", "tokenize", *TRAINING}
     assert (project / "reports/synth/metrics.json").read_bytes() == synth_metrics
+    list(sync_to_instance(project, instance))
+    assert dagster_unsynced(project, instance) == set() == dvc_changed(project)
+
+    # A student hyperparameter stales only `distill`: the teacher's top-k logits stay cached.
+    set_params(project, distill={"kd": {"temperature": 2.0}})
+    assert dagster_unsynced(project, instance) == {"distill"} == dvc_changed(project)
+    assert dvc_repro(project) == {"distill"}
+    # An adapt edit that leaves the adapted weights' bytes as they were (the log cadence) re-runs
+    # adapt, then the teacher logits, which come out byte-identical: distill does not re-run.
+    set_params(project, adapt={"log_every": 2})
+    assert dagster_unsynced(project, instance) == {"adapt"} == dvc_changed(project)
+    assert dvc_repro(project) == {"adapt", "teacher_logits"}
+    set_params(project, adapt={"optimizer": {"lr": 0.002}})  # new weights: distill follows
+    assert dvc_repro(project) == {"adapt", "teacher_logits", "distill"}
     list(sync_to_instance(project, instance))
     assert dagster_unsynced(project, instance) == set() == dvc_changed(project)
 

@@ -1,4 +1,4 @@
-"""Decoder-only MoE language model, its transformers export and its precision modes.
+"""Decoder-only MoE (or dense) language model, its transformers export and its precision modes.
 
 Export architecture (`MoEConfig.arch`), checked against transformers 5.24 / 5.17 and the GGUF
 converter of llama.cpp as vendored in llama-cpp-python 0.3.36:
@@ -14,9 +14,13 @@ converter of llama.cpp as vendored in llama-cpp-python 0.3.36:
 - `mixtral` -> `MixtralForCausalLM` -> llama.cpp `llama` arch; a SentencePiece tokenizer converts
   unpatched. But Mixtral has one `sliding_window` for all layers: the pattern must be uniform
   ('S' or 'F') and there is no shared expert.
+- `llama` (dense: `n_experts=0`, one SwiGLU MLP of `ffn_size` per layer; the distillation
+  student) -> `LlamaForCausalLM` -> llama.cpp `llama` arch, SentencePiece vocabulary unpatched.
+  Full attention in every layer (layer_pattern 'F'; neither graph has a sliding window), so its
+  GGUF computes the same function at any context.
 
-Neither GGUF carries the window (llama.cpp runs both with full attention), so GGUF logits match
-only for contexts up to the window. Not chosen: Qwen3-MoE (one window, no `layer_types`) and
+Neither MoE GGUF carries the window (llama.cpp runs both with full attention), so GGUF logits
+match only for contexts up to the window. Not chosen: Qwen3-MoE (one window, no `layer_types`) and
 GPT-OSS (`layer_types` and a window-aware llama.cpp arch, but its experts are a clamped SwiGLU
 with biases plus attention sinks, and its converter has the same GPT-2 vocabulary path).
 """

@@ -8,12 +8,19 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-ARCHS = ("qwen2_moe", "mixtral")
+MOE_ARCHS = ("qwen2_moe", "mixtral")
+DENSE_ARCHS = ("llama",)  # n_experts = 0: a dense SwiGLU MLP of ffn_size in every layer
+ARCHS = MOE_ARCHS + DENSE_ARCHS
 
 
 @dataclass(frozen=True)
 class MoEConfig:
-    """Decoder-only MoE. `layer_pattern` repeats over the layers: 'S' sliding window, 'F' full."""
+    """Decoder-only MoE. `layer_pattern` repeats over the layers: 'S' sliding window, 'F' full.
+
+    `arch="llama"` with `n_experts=0` is the dense variant (the distillation student): every
+    layer's MLP is one SwiGLU of `ffn_size` (`mlp.{gate,up,down}_proj`, no router, no router
+    losses), attention is full in every layer (transformers' Llama and llama.cpp's `llama` graph
+    have no sliding window), and the expert fields are 0."""
 
     vocab_size: int = 8192
     d_model: int = 256
@@ -34,6 +41,7 @@ class MoEConfig:
     tie_embeddings: bool = False
     init_std: float = 0.02
     arch: str = "qwen2_moe"
+    ffn_size: int = 0  # dense (llama) only: the SwiGLU MLP's hidden size
 
     def __post_init__(self):
         if self.arch not in ARCHS:
@@ -42,6 +50,17 @@ class MoEConfig:
             raise ValueError(f"layer_pattern must be a string of 'S'/'F': {self.layer_pattern!r}")
         if self.d_model % self.n_heads or self.n_heads % self.n_kv_heads:
             raise ValueError("d_model % n_heads and n_heads % n_kv_heads must be 0")
+        if self.arch in DENSE_ARCHS:
+            if self.n_experts or self.top_k or self.expert_size or self.shared_expert_size:
+                raise ValueError(f"{self.arch} is dense: set n_experts, top_k, expert_size and "
+                                 "shared_expert_size to 0 (its MLP size is ffn_size)")
+            if self.ffn_size < 1 or set(self.layer_pattern) != {"F"}:
+                raise ValueError(f"{self.arch} needs ffn_size >= 1 and layer_pattern 'F' (full "
+                                 "attention: neither transformers' nor llama.cpp's graph has a "
+                                 "sliding window)")
+            return
+        if self.ffn_size:
+            raise ValueError(f"{self.arch} is an MoE: its MLPs are experts; ffn_size must be 0")
         if not 1 <= self.top_k <= self.n_experts:
             raise ValueError("need 1 <= top_k <= n_experts")
         if self.arch == "mixtral" and (self.shared_expert_size or len(set(self.layer_types)) > 1):
@@ -55,6 +74,10 @@ class MoEConfig:
         """Renormalise the top-k router probabilities: Mixtral does; Qwen2-MoE in llama.cpp never
         does (its transformers flag defaults to off), so the GGUF computes the same routing."""
         return self.arch == "mixtral"
+
+    @property
+    def dense(self) -> bool:
+        return self.arch in DENSE_ARCHS
 
     @property
     def head_dim(self) -> int:

@@ -10,23 +10,35 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, MixtralConfig, PreTrainedConfig, Qwen2MoeConfig
+from transformers import (
+    AutoModelForCausalLM,
+    LlamaConfig,
+    MixtralConfig,
+    PreTrainedConfig,
+    Qwen2MoeConfig,
+)
 
 from stages.model.config import MoEConfig
 from stages.model.moe import MoEForCausalLM
 
 
 def to_hf_config(cfg: MoEConfig, **extra) -> PreTrainedConfig:
-    """The transformers config whose model computes the same function as `MoEForCausalLM(cfg)`."""
+    """The transformers config whose model computes the same function as `MoEForCausalLM(cfg)`:
+    Qwen2-MoE or Mixtral, or Llama for the dense variant."""
     common = dict(
         vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, num_hidden_layers=cfg.n_layers,
         num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_kv_heads,
-        num_experts_per_tok=cfg.top_k, hidden_act="silu", rms_norm_eps=cfg.norm_eps,
+        hidden_act="silu", rms_norm_eps=cfg.norm_eps,
         max_position_embeddings=cfg.max_seq_len, initializer_range=cfg.init_std,
-        tie_word_embeddings=cfg.tie_embeddings, router_aux_loss_coef=cfg.aux_loss_coef,
+        tie_word_embeddings=cfg.tie_embeddings,
         rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
         dtype="float32", **extra,
     )
+    if cfg.dense:  # full attention in every layer (MoEConfig enforces it): Llama has no window
+        return LlamaConfig(intermediate_size=cfg.ffn_size, head_dim=cfg.head_dim,
+                           attention_bias=False, mlp_bias=False,
+                           architectures=["LlamaForCausalLM"], **common)
+    common |= dict(num_experts_per_tok=cfg.top_k, router_aux_loss_coef=cfg.aux_loss_coef)
     if cfg.arch == "mixtral":
         sliding = cfg.layer_types[0] == "sliding_attention"
         return MixtralConfig(num_local_experts=cfg.n_experts, intermediate_size=cfg.expert_size,

@@ -1,6 +1,9 @@
 """The training model: a decoder-only MoE whose parameter names are the transformers ones.
 
-`state_dict()` loads unchanged into `Qwen2MoeForCausalLM` / `MixtralForCausalLM` (see `hf.py`).
+`state_dict()` loads unchanged into `Qwen2MoeForCausalLM` / `MixtralForCausalLM` (see `hf.py`),
+or, for the dense variant (`arch="llama"`, `n_experts=0`: one SwiGLU MLP per layer, the
+distillation student), into `LlamaForCausalLM`: one model, so the fused loss, RoPE, RMSNorm and
+the precision modes are the same code for both.
 Numerics follow those classes (RMSNorm in fp32, half-split RoPE, softmax -> top-k routing with
 Mixtral's renormalisation, load-balancing loss pooled over layers as transformers computes it).
 For speed, token slots are sorted by expert and each expert projection is one grouped matmul
@@ -24,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stages.model.config import MoEConfig
-from stages.model.loss import linear_cross_entropy
+from stages.model.loss import KDLoss, linear_cross_entropy, linear_distillation_loss
 
 EXPERTS_IMPLS = ("grouped_mm", "loop")
 
@@ -35,7 +38,8 @@ class Output(NamedTuple):
     ce: torch.Tensor | None  # next-token cross-entropy (for perplexity / bits per byte)
     aux_loss: torch.Tensor | None
     z_loss: torch.Tensor | None
-    token_loss: torch.Tensor | None = None  # the per-token objective in `loss` (here: ce)
+    token_loss: torch.Tensor | None = None  # the per-token objective in `loss`: ce, or ce
+    # mixed with the distillation term when teacher top-k log-probs were given
 
 
 class RMSNorm(nn.Module):
@@ -109,8 +113,15 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(d, hidden, bias=False)
         self.down_proj = nn.Linear(hidden, d, bias=False)
 
-    def forward(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
         return self.down_proj(swiglu(scale, self.gate_proj(x), self.up_proj(x)))
+
+
+class DenseMLP(MLP):
+    """A dense layer's MLP (Llama's): SwiGLU without a gate scale; no router statistics."""
+
+    def forward(self, x: torch.Tensor, stats: list) -> torch.Tensor:
+        return super().forward(x, None)
 
 
 @torch.library.custom_op("slm::grouped_linear", mutates_args=())
@@ -155,11 +166,14 @@ def loop_linear(x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor) -> torch.T
 
 
 @torch.compile(dynamic=True)
-def swiglu(scale: torch.Tensor, *parts: torch.Tensor) -> torch.Tensor:
-    """scale[:, None] * silu(gate) * up, with `parts` (gate_up,) or (gate, up)."""
+def swiglu(scale: torch.Tensor | None, *parts: torch.Tensor) -> torch.Tensor:
+    """scale[:, None] * silu(gate) * up (no scale: None), with `parts` (gate_up,) or (gate, up)."""
     gate, up = parts[0].chunk(2, dim=-1) if len(parts) == 1 else parts
     acc = torch.promote_types(gate.dtype, torch.float32)
-    return (F.silu(gate.to(acc)) * up.to(acc) * scale.to(acc).unsqueeze(-1)).to(gate.dtype)
+    y = F.silu(gate.to(acc)) * up.to(acc)
+    if scale is not None:
+        y = y * scale.to(acc).unsqueeze(-1)
+    return y.to(gate.dtype)
 
 
 class Experts(nn.Module):
@@ -267,7 +281,7 @@ class Block(nn.Module):
         self.input_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.self_attn = Attention(cfg, sliding=layer_type == "sliding_attention")
         self.post_attention_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.mlp = SparseMoE(cfg, impl)
+        self.mlp = DenseMLP(cfg.d_model, cfg.ffn_size) if cfg.dense else SparseMoE(cfg, impl)
 
     def forward(self, x, cos, sin, masks, stats):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, masks)
@@ -322,9 +336,14 @@ class MoEForCausalLM(nn.Module):
             else:
                 p.normal_(0.0, std)
 
-    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None) -> Output:
+    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None,
+                teacher_idx: torch.Tensor | None = None,
+                teacher_logp: torch.Tensor | None = None, kd: KDLoss | None = None) -> Output:
         """`targets` are already shifted (token t predicts targets[t]); -100 is ignored. With
-        targets the loss is fused with the output projection and `logits` is None."""
+        targets the loss is fused with the output projection and `logits` is None. With a
+        teacher's top-k (`teacher_idx`, `teacher_logp`: (batch, positions, k), the teacher's
+        log-probs of those ids at each target position) and `kd`, `token_loss` is the mixed
+        distillation objective (`loss.linear_distillation_loss`); `ce` stays plain CE."""
         cfg = self.config
         t = input_ids.shape[1]
         cos, sin = rope_cache(cfg, t, input_ids.device)
@@ -339,12 +358,21 @@ class MoEForCausalLM(nn.Module):
         h = self.model.norm(x)
         if targets is None:
             return Output(self.lm_head(h), None, None, None, None)
-        ce = linear_cross_entropy(h.reshape(-1, h.shape[-1]), self.lm_head.weight,
-                                  targets.reshape(-1))
+        h, targets = h.reshape(-1, h.shape[-1]), targets.reshape(-1)
+        if kd is None:
+            ce = token_loss = linear_cross_entropy(h, self.lm_head.weight, targets)
+        else:
+            k = teacher_idx.shape[-1]
+            token_loss, ce = linear_distillation_loss(
+                h, self.lm_head.weight, targets, teacher_idx.reshape(-1, k),
+                teacher_logp.reshape(-1, k), kd)
+        if cfg.dense:  # no router: no router terms
+            return Output(None, token_loss, ce, None, None, token_loss)
         aux = load_balancing_loss(stats, cfg.n_experts)
         z = torch.stack([torch.logsumexp(lg, dim=-1).pow(2).mean() for lg, _, _ in stats]).mean()
-        loss = ce + cfg.aux_loss_coef * aux + (cfg.z_loss_coef * z if cfg.z_loss_coef else 0.0)
-        return Output(None, loss, ce, aux, z, ce)
+        loss = (token_loss + cfg.aux_loss_coef * aux
+                + (cfg.z_loss_coef * z if cfg.z_loss_coef else 0.0))
+        return Output(None, loss, ce, aux, z, token_loss)
 
     def num_params(self, active: bool = False, embeddings: bool = True) -> int:
         """Parameter count; `active` counts top_k of n_experts, `embeddings=False` drops the input
