@@ -7,16 +7,17 @@ has are copied and the missing upstream stages (up to refine) run there; with `t
 runs there (a re-run with the same --workdir reuses them). Then each mode runs `python -m stages
 run adapt` (what DVC and Dagster run) in its own copy, in its own process, so peak memory is per
 mode (with a fixed glibc mmap threshold, so that freed tensors leave the resident set: see
-MALLOC_ENV). The table: trainable parameters and their fraction of the model; training memory (peak
-resident set minus the resident set before the model is built: the stage's `train_memory_mb`) and
-its ratio to full fine-tuning; domain held-out bits per byte before/after (the gain) and held-out
-bits per byte of the other domains and of the general eval set before/after (the forgetting).
-QLoRA's "before" is its 4-bit base. Writes bench/results/adaptation.json; the last lines are
-`name: value`.
+MALLOC_ENV). Two variants: the params as configured, and with activation checkpointing and
+2-sequence micro-batches (same global batch). Full fine-tuning runs at --full-lr (params.yaml's
+rate is the LoRA modes'). Per variant, the table: trainable parameters and their fraction of the
+model; training memory (peak resident set minus the resident set before the model is built: the
+stage's `train_memory_mb`) and its ratio to full fine-tuning; domain held-out bits per byte
+before/after (the gain) and held-out bits per byte of the other domains and of the general eval
+set before/after (the forgetting). QLoRA's "before" is its 4-bit base. Writes
+bench/results/adaptation.json; the last lines are `name: value`.
 
-    python bench/adaptation.py --workdir /tmp/adaptation --full-lr 0.001
-    python bench/adaptation.py --workdir /tmp/adaptation --set adapt.activation_checkpointing=true
-    python bench/adaptation.py --workdir /tmp/adaptation-tiny --profile tiny
+    python bench/adaptation.py --workdir /tmp/adaptation
+    python bench/adaptation.py --workdir /tmp/adaptation-tiny --profile tiny --variants configured
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ from stages.registry import stage  # noqa: E402
 
 MODES = ("full", "lora", "qlora")
 COPY = ("stages", "params.yaml", "profiles", "models")
+# as params.yaml says; and with activation checkpointing and 2-sequence micro-batches (the same
+# global batch), where the activations no longer outweigh the weights and optimizer state
+VARIANTS = {"configured": {},
+            "checkpointed": {"adapt": {"activation_checkpointing": True,
+                                       "batch": {"micro_seqs": 2}}}}
 UPSTREAM = ("ingest", "signals", "filter", "dedup", "synth", "mix", "tokenize", "pretrain",
             "refine")
 
@@ -96,17 +102,8 @@ def prepare(work: Path, profile: str) -> Path:
     return base
 
 
-def dotted(assignment: str) -> dict:
-    """`a.b.c=value` -> {"a": {"b": {"c": value}}} (value parsed as YAML)."""
-    key, value = assignment.split("=", 1)
-    node: dict = yaml.safe_load(value)
-    for part in reversed(key.split(".")):
-        node = {part: node}
-    return node
-
-
-def run_mode(base: Path, work: Path, mode: str, overrides: dict) -> dict:
-    root = work / mode
+def run_mode(base: Path, root: Path, overrides: dict) -> dict:
+    """adapt in a copy `root` of `base` with `overrides`: its metrics and wall seconds."""
     if root.exists():
         shutil.rmtree(root)
     shutil.copytree(base, root, symlinks=True)
@@ -114,7 +111,7 @@ def run_mode(base: Path, work: Path, mode: str, overrides: dict) -> dict:
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     seconds = run_stage("adapt", root, MALLOC_ENV)
     metrics = json.loads((root / "reports/adapt/metrics.json").read_text())
-    return metrics | {"stage_seconds": round(seconds, 1)}
+    return metrics | {"stage_seconds": round(seconds, 1), "overrides": overrides}
 
 
 def row(mode: str, m: dict, full: dict | None) -> dict:
@@ -141,15 +138,15 @@ def table(rows: list[dict]) -> str:
         return f"{before:.3f} -> {after:.3f} ({change:+.3f})"
 
     lines = ["| mode | trainable params | train memory | vs full | domain bpb (gain) | "
-             "other domains bpb (forgetting) | general eval bpb | tokens/s |",
-             "|---|---|---|---|---|---|---|---|"]
+             "other domains bpb (forgetting) | general eval bpb |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         vs = f"{r['train_memory_vs_full']:.2f}x" if r["train_memory_vs_full"] else "-"
         share = 100 * r["params_trainable_fraction"]
         lines.append(
             f"| {r['mode']} | {r['params_trainable']:,} ({share:.1f}%)"
             f" | {r['train_memory_mb']:.0f} MB | {vs} | {bpb(r, 'domain')} | {bpb(r, 'other')} | "
-            f"{bpb(r, 'eval')} | {r['tokens_per_s_step']:.0f} |")
+            f"{bpb(r, 'eval')} |")
     return "\n".join(lines)
 
 
@@ -158,41 +155,43 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, required=True)
     ap.add_argument("--profile", default="demo", help="demo (params.yaml) or a profiles/ name")
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
-    ap.add_argument("--full-lr", type=float, default=None,
-                    help="adapt.optimizer.lr for full fine-tuning (default: params.yaml's, which "
-                    "is tuned for the LoRA modes)")
-    ap.add_argument("--set", action="append", default=[],
-                    help="params override for every mode, e.g. adapt.activation_checkpointing=true")
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--full-lr", type=float, default=0.001,
+                    help="adapt.optimizer.lr for full fine-tuning (params.yaml's is the LoRA "
+                    "modes'); 0 = params.yaml's")
     ap.add_argument("--json", type=Path, default=ROOT / "bench/results/adaptation.json")
     args = ap.parse_args()
 
     base = prepare(args.workdir, args.profile)
-    metrics = {}
-    common: dict = {}
-    for assignment in args.set:
-        merge(common, dotted(assignment))
-    for mode in args.modes:
-        overrides = merge(json.loads(json.dumps(common)), {"adapt": {"mode": mode}})
-        if mode == "full" and args.full_lr:
-            merge(overrides, {"adapt": {"optimizer": {"lr": args.full_lr}}})
-        print(f"[{mode}] python -m stages run adapt  ({json.dumps(overrides)})", flush=True)
-        metrics[mode] = run_mode(base, args.workdir, mode, overrides) | {"overrides": overrides}
-        print(f"[{mode}] {metrics[mode]['stage_seconds']} s", flush=True)
-    full = metrics.get("full")
-    rows = [row(mode, m, full) for mode, m in metrics.items()]
+    results: dict = {}
+    for variant in args.variants:
+        metrics = {}
+        for mode in args.modes:
+            overrides = merge(json.loads(json.dumps(VARIANTS[variant])), {"adapt": {"mode": mode}})
+            if mode == "full" and args.full_lr:
+                merge(overrides, {"adapt": {"optimizer": {"lr": args.full_lr}}})
+            print(f"[{variant}/{mode}] adapt  {json.dumps(overrides)}", flush=True)
+            metrics[mode] = run_mode(base, args.workdir / variant / mode, overrides)
+            print(f"[{variant}/{mode}] {metrics[mode]['stage_seconds']} s", flush=True)
+        full = metrics.get("full")
+        results[variant] = {"rows": [row(mode, m, full) for mode, m in metrics.items()],
+                            "metrics": metrics}
     adapt = yaml.safe_load((base / "params.yaml").read_text())["adapt"]
-    summary = {"profile": args.profile, "adapt_params": adapt, "overrides": args.set,
-               "full_lr": args.full_lr, "env": MALLOC_ENV, "rows": rows, "metrics": metrics}
+    summary = {"profile": args.profile, "adapt_params": adapt, "full_lr": args.full_lr,
+               "env": MALLOC_ENV, "variants": results}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(summary, indent=2) + "\n")
-    print(table(rows))
+    for variant, r in results.items():
+        print(f"\n{variant}: {json.dumps(VARIANTS[variant])}\n{table(r['rows'])}")
     print(f"results: {args.json}")
-    for r in rows:
-        if r["mode"] != "full" and r["train_memory_vs_full"]:
-            print(f"{r['mode']}_memory_vs_full: {r['train_memory_vs_full']:.2f}")
-    for r in rows:
-        print(f"{r['mode']}_trainable_fraction: {r['params_trainable_fraction']:.4f}")
-        print(f"{r['mode']}_domain_bpb_gain: {-r['domain_bpb_change']:.4f}")
+    for variant, r in results.items():
+        suffix = "" if variant == "configured" else f"_{variant}"
+        for row_ in r["rows"]:
+            if row_["mode"] != "full" and row_["train_memory_vs_full"]:
+                print(f"{row_['mode']}_memory_vs_full{suffix}: {row_['train_memory_vs_full']:.2f}")
+    for row_ in next(iter(results.values()))["rows"]:
+        print(f"{row_['mode']}_trainable_fraction: {row_['params_trainable_fraction']:.4f}")
+        print(f"{row_['mode']}_domain_bpb_gain: {-row_['domain_bpb_change']:.4f}")
 
 
 if __name__ == "__main__":

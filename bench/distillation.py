@@ -43,6 +43,14 @@ def run_pipeline(workdir: Path, profile: str | None) -> tuple[Path, float]:
     return root, time.monotonic() - started
 
 
+def fraction(kd: list[dict], base: list[dict], key: str) -> float | None:
+    """The KD curve's tokens to the baseline's final `key`, over the baseline's budget."""
+    if key not in base[-1]:
+        return None
+    reached = tokens_to_reach(kd, key, base[-1][key])
+    return reached / base[-1]["tokens"] if reached is not None else None
+
+
 def summarise(root: Path) -> dict:
     """The KD-vs-baseline numbers of the run in `root`."""
     kd = json.loads((root / "data/distill/training.json").read_text())
@@ -59,6 +67,7 @@ def summarise(root: Path) -> dict:
         "tokens_to_target_fraction": reached / base["tokens"] if reached is not None else None,
         "tokens_to_target_fraction_bpb": (reached_bpb / base["tokens"]
                                           if reached_bpb is not None else None),
+        "tokens_to_target_fraction_val": fraction(kd["evals"], base["evals"], "val_loss"),
         "kd_final_eval_bpb": kd["evals"][-1]["eval_bpb"],
         "baseline_final_eval_bpb": base["evals"][-1]["eval_bpb"],
         "kd_final_eval_loss": kd["evals"][-1]["eval_loss"],
@@ -103,6 +112,8 @@ def main() -> None:
     print(f"results: {args.json}")
     print(f"kd_final_eval_bpb: {result['kd_final_eval_bpb']:.4f}")
     print(f"baseline_final_eval_bpb: {result['baseline_final_eval_bpb']:.4f}")
+    val = result["tokens_to_target_fraction_val"]
+    print(f"tokens_to_target_fraction_val: {'null' if val is None else f'{val:.3f}'}")
     print(f"tokens_to_target_fraction: {'null' if frac is None else f'{frac:.3f}'}")
 
 

@@ -77,6 +77,12 @@ def _ids(root: Path) -> torch.Tensor:
     return AutoTokenizer.from_pretrained(root / OUT)(CODE, return_tensors="pt").input_ids
 
 
+def _targeted(name: str) -> bool:
+    """Whether LoRA adapts the weight `name` (with the default targets)."""
+    return name.endswith(("experts.gate_up_proj", "experts.down_proj")) or (
+        name.endswith(".weight") and name.split(".")[-2] in LINEARS)
+
+
 def _expected_adapter_params(root: Path, rank: int) -> int:
     """rank x (in + out) per targeted linear, and per expert of each targeted expert tensor."""
     moe, n = load_training_model(root / "data/refine"), 0
@@ -118,32 +124,29 @@ def test_lora_modes_train_only_low_rank_adapters(runs, mode: str):
     assert metrics["params_trainable"] < 0.25 * metrics["params_total"]
     before = _before_merge(root)
     assert all(("lora_" in n) == p.requires_grad for n, p in before.named_parameters())
+    trained_b = [n for n, p in before.named_parameters() if "lora_B" in n and p.abs().max() > 0]
+    assert len(trained_b) == sum("lora_B" in n for n, _ in before.named_parameters())  # all of them
     nf4.dequantize_all(before)  # qlora: the base the adapters trained on, as plain weights
     base = {k.replace("base_layer.", ""): v for k, v in before.get_base_model().state_dict().items()
             if "lora_" not in k}
     merged = AutoModelForCausalLM.from_pretrained(root / OUT).state_dict()
     assert set(base) == set(merged)
-    changed = 0
     for name, weight in merged.items():
-        delta = (weight.double() - base[name].double())
-        targeted = name.endswith(("experts.gate_up_proj", "experts.down_proj")) or (
-            name.endswith(".weight") and name.split(".")[-2] in LINEARS)
-        if not targeted:  # router, shared-expert gate, norms, embeddings, lm_head
+        if not _targeted(name):  # router, shared-expert gate, norms, embeddings, lm_head
             assert torch.equal(weight, base[name]), name
             continue
-        changed += bool(delta.abs().max() > 0)
+        delta = weight.double() - base[name].double()
+        assert delta.abs().max() > 0, name  # every targeted weight was adapted
         for matrix in delta.reshape(-1, *delta.shape[-2:]):  # per expert for 3-D tensors
             assert torch.linalg.matrix_rank(matrix, rtol=1e-5) <= rank, name
-    assert changed > 0
 
 
 def test_qlora_base_is_stored_in_4_bits_while_training(runs):
     root, metrics = runs["qlora"]
     model = _before_merge(root)
     stored = nf4.quantized(model)
-    assert len(stored) == sum(1 for n in load_training_model(root / "data/refine").state_dict()
-                              if n.endswith(("experts.gate_up_proj", "experts.down_proj"))
-                              or n.split(".")[-2] in LINEARS)
+    weights = load_training_model(root / "data/refine").state_dict()
+    assert len(stored) == sum(map(_targeted, weights))
     with torch.no_grad():
         model(_ids(root))  # a forward applies peft's LoRA parametrization and removes it again
     for module, name, quant in stored:

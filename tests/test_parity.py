@@ -96,6 +96,7 @@ def test_dvc_first(project: Path, tmp_path: Path):
     set_params(project, distill={"kd": {"temperature": 2.0}})
     assert dagster_unsynced(project, instance) == {"distill"} == dvc_changed(project)
     assert dvc_repro(project) == {"distill"}
+    list(sync_to_instance(project, instance))
     # An adapt edit that leaves the adapted weights' bytes as they were (the log cadence) re-runs
     # adapt, then the teacher logits, which come out byte-identical: distill does not re-run.
     set_params(project, adapt={"log_every": 2})

@@ -12,23 +12,36 @@ adapter also applies to `Qwen2MoeForCausalLM` loaded from the input checkpoint.
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora.layer import ParamWrapper, _LoraFactorsProxy
 from torch import nn
+from torch.nn.utils import parametrize
 
 from stages.adapt.config import LoraParams
 
 
 class StackedParamWrapper(ParamWrapper):
-    """peft 0.21.2's ParamWrapper, removing the proxy it stacked on an already parametrized tensor.
+    """peft 0.21.2's ParamWrapper, fixed for a tensor with its own parametrization (the NF4 base).
 
-    On a tensor with its own parametrization (the NF4 base), peft appends its LoRA proxy while the
-    experts run and afterwards deletes only a `_LoraParameterProxy`, not the `_LoraFactorsProxy`
-    it uses for one adapter on a 3-D tensor: without this, one more proxy (and one more LoRA
-    update) would pile up on the expert weights with every forward."""
+    While the experts run, peft appends its LoRA proxy to the tensor's parametrizations. Two
+    things go wrong when the tensor is already parametrized:
+    - the wrappers of one module's tensors are nested, and the outer one runs the inner one inside
+      `parametrize.cached()`; the inner one reads its tensor (`get_param`) before appending its
+      proxy, so the cache holds the tensor without the update, and that LoRA would never apply
+      (nor train). The stale entry is dropped once the proxy is in place;
+    - afterwards peft deletes only a `_LoraParameterProxy`, not the `_LoraFactorsProxy` it uses for
+      one adapter on a 3-D tensor: one more proxy (and update) would pile up with every forward.
+    """
+
+    @contextmanager
+    def _activate_lora(self, active_adapters: list[str]):
+        with super()._activate_lora(active_adapters):
+            parametrize._cache.pop((id(self.get_base_layer()), self.parameter_name), None)
+            yield
 
     def _remove_parametrizations(self) -> None:
         chain = self.get_base_layer().parametrizations[self.parameter_name]

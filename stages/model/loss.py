@@ -94,7 +94,7 @@ def _divergence(lq, lp, lq_t, lp_t, kd: KDLoss):
     r = q * p / m
     d = (q * (lq - m.log())).sum(1, keepdim=True)
     big_r = r.sum(1, keepdim=True)
-    f_off = (1 - lam) * big_r
+    f_off = (1 - lam) * big_r if lam else 1.0  # forward: R = sum_S q = 1
     if tail:
         q_t = lq_t.exp()
         m_t = lam * q_t + (1 - lam) * lp_t.exp()
@@ -123,23 +123,23 @@ def _distill_rows(logits: torch.Tensor, t: torch.Tensor, idx: torch.Tensor, lt: 
     ce = -logp1.gather(1, t).squeeze(1)
     lp1 = logp1.gather(1, idx)
     lp = lp1 if T == 1 else logp.gather(1, idx)
-    lp_t = None
-    if kd.tail:  # the student's exact mass off S: S masked out of its log-softmax
+    if kd.tail:  # S masked out: what exp leaves sums to the student's exact mass off S
         logp.scatter_(1, idx, float("-inf"))
-        lp_t = logp.logsumexp(1, keepdim=True)
+    p = logp.exp_()  # softmax(z / T) (0 on S with a tail); with T == 1 also softmax(z)
+    lp_t = p.sum(1, keepdim=True).log() if kd.tail else None
     d, f_off, h = _divergence(lq, lp, lq_t, lp_t, kd)
     rows = (1 - a) * ce + a * T * T * d.squeeze(1)
     if not need_grad:
         return rows, ce, None
     # g = (1 - a) (softmax(z) - onehot(t)) + a T dD/da: off S from the full rows, S set after
     if T == 1:
-        g = logp1.exp_()
+        g = p
         if not isinstance(f_off, float) or f_off != 1:
             g.mul_((1 - a) + a * f_off)
     else:
         g = logp1.exp_().mul_(1 - a)
         if not isinstance(f_off, float) or f_off:
-            g.add_(logp.exp_().mul_(a * T * f_off))
+            g.add_(p.mul_(a * T * f_off))
     g.scatter_(1, idx, (1 - a) * lp1.exp() + (a * T) * h)
     g.scatter_add_(1, t, torch.full_like(t, a - 1, dtype=g.dtype))
     return rows, ce, g

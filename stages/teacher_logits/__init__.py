@@ -38,9 +38,9 @@ SALT = 0x7EAC4E12  # the selection's own stream of base.seed (not pretrain's epo
 
 
 class Params(StrictModel):
-    tokens: int = Field(163_840, ge=1, description="training tokens to score, rounded up to whole "
+    tokens: int = Field(131_072, ge=1, description="training tokens to score, rounded up to whole "
                         "sequences (all of data/tokenize/train if it holds fewer)")
-    k: int = Field(32, ge=1, description="top-k log-probs kept per position")
+    k: int = Field(128, ge=1, description="top-k log-probs kept per position")
     dtype: Literal["float16", "float32"] = Field("float16", description="of the log-probs")
 
 
