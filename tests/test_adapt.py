@@ -39,13 +39,9 @@ CODE = "def add(a, b):\n    return a + b\n\nclass Point:\n    x: int = 0\n"
 
 @pytest.fixture(scope="module")
 def refined(pretrained_project: Path, tmp_path_factory) -> Path:
-    """The tiny project through refine (or, while refine is being built, with pretrain's output
-    as data/refine: the same checkpoint format)."""
+    """The tiny project through refine."""
     root = copy_tree(pretrained_project, tmp_path_factory.mktemp("adapt") / "project")
-    try:
-        run_stage("refine", root)
-    except NotImplementedError:
-        shutil.copytree(root / "data/pretrain", root / "data/refine")
+    run_stage("refine", root)
     return root
 
 
