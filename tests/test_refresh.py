@@ -54,6 +54,7 @@ def test_refresh_propagates_only_on_new_data(project: Path, tmp_path: Path):
                 {"name": "builtin-prose", "kind": "builtin", "parts": ["pydoc_topics"]},
             ]
         },
+        adapt={"corpus": {"by": "domain", "name": "prose"}},  # this corpus has no code
     )
     instance = temp_instance(tmp_path / "dagster_home")
     assert all(dagster_materialize(project, instance).values())
