@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from orchestration.dvc_cli import venv_env  # noqa: E402
 from stages.profiles import merge  # noqa: E402
+from stages.train.report import tokens_to_reach  # noqa: E402
 
 VARIANTS = {
     "raw": {"tokenize": {"corpus": "raw"}, "pretrain": {"sampling": "uniform"}},
@@ -71,17 +72,6 @@ def workspace(dest: Path, overrides: dict) -> Path:
     sh("dvc", "cache", "dir", "--local", str(ROOT / ".dvc" / "cache"), cwd=dest)
     return dest
 
-
-def tokens_to_reach(evals: list[dict], target: float) -> float | None:
-    """Training tokens at which the held-out bpb curve first reaches `target` (linear
-    interpolation between evaluations); None if it never does."""
-    for prev, row in zip(evals, evals[1:], strict=False):
-        if row["eval_bpb"] <= target:
-            if prev["eval_bpb"] == row["eval_bpb"]:
-                return float(row["tokens"])
-            frac = (prev["eval_bpb"] - target) / (prev["eval_bpb"] - row["eval_bpb"])
-            return prev["tokens"] + frac * (row["tokens"] - prev["tokens"])
-    return None
 
 
 def plot(results: dict, path: Path, target: float) -> None:
@@ -143,9 +133,9 @@ def main() -> None:
 
     base = "raw" if "raw" in results else next(iter(results))
     target = results[base]["final_eval_bpb"]
-    base_tokens = tokens_to_reach(results[base]["evals"], target)
+    base_tokens = tokens_to_reach(results[base]["evals"], "eval_bpb", target)
     for r in results.values():
-        r["tokens_to_target"] = tokens_to_reach(r["evals"], target)
+        r["tokens_to_target"] = tokens_to_reach(r["evals"], "eval_bpb", target)
         r["ratio_vs_raw"] = (base_tokens / r["tokens_to_target"]
                              if base_tokens and r["tokens_to_target"] else None)
     summary = {"target": {"variant": base, "eval_bpb": target}, "variants": results}

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.data_efficiency import sh, workspace  # noqa: E402
-from stages.distill import tokens_to_reach  # noqa: E402
+from stages.train.report import tokens_to_reach  # noqa: E402
 
 
 def run_pipeline(workdir: Path, profile: str | None) -> tuple[Path, float]:

@@ -99,9 +99,17 @@ def temp_instance(path: Path):
 
 
 @pytest.fixture
-def project(tmp_path: Path) -> Path:
+def eager_stages(monkeypatch):
+    """Stage processes started by the test (DVC, Dagster, the webserver) run without
+    torch.compile: the whole-lineage tests check what runs and what is stale, and a training
+    stage spends half its tiny-profile time compiling kernels. The compiled kernels are tested
+    in test_model.py and in every training stage's own tests, which run compiled."""
+    monkeypatch.setenv("TORCHDYNAMO_DISABLE", "1")
+
+
+def new_project(dest: Path) -> Path:
     """A fresh project copy with git and DVC initialised and the tiny profile in params.yaml."""
-    root = copy_project(tmp_path / "project")
+    root = copy_project(dest)
     set_params(root, **TINY)
     sh("git", "init", "-q", cwd=root)
     if not (root / ".dvc" / "config").exists():
@@ -109,6 +117,26 @@ def project(tmp_path: Path) -> Path:
     sh("git", "add", "-A", cwd=root)
     sh("git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init", cwd=root)
     return root
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    return new_project(tmp_path / "project")
+
+
+@pytest.fixture(scope="session")
+def reproduced_project(tmp_path_factory) -> Path:
+    """A new project after one `dvc repro` of the whole lineage (eager, as `eager_stages`), once
+    per test session. Shared: use `reproduced`, a private copy."""
+    root = new_project(tmp_path_factory.mktemp("reproduced") / "project")
+    sh("dvc", "repro", cwd=root, env={"TORCHDYNAMO_DISABLE": "1"})
+    return root
+
+
+@pytest.fixture
+def reproduced(reproduced_project: Path, tmp_path: Path) -> Path:
+    """A private copy of `reproduced_project` (git, DVC cache, outputs and dvc.lock)."""
+    return copy_tree(reproduced_project, tmp_path / "project")
 
 
 @pytest.fixture(scope="session")

@@ -9,12 +9,7 @@ with a clear message."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,13 +18,13 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from orchestration.dvc_cli import venv_env
 from stages import params as stage_params
 from stages.adapt import CHECKPOINTS, OUT, nf4, task
 from stages.adapt.config import LINEARS
 from stages.model import load_training_model
 from stages.runner import run_stage
-from stages.train.checkpoint import complete, read_state
+from stages.train.checkpoint import complete
+from tests import stage_process
 from tests.conftest import TINY, copy_tree, set_params
 
 pytestmark = pytest.mark.slow
@@ -207,25 +202,8 @@ def _outputs(mode: str) -> tuple[str, ...]:
             *(adapter if mode != "full" else ()))
 
 
-def _stage_cmd(root: Path, **popen) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "stages", "run", "adapt"], cwd=root,
-                            env=venv_env(), start_new_session=True, **popen)
 
 
-def _kill_after_checkpoint(root: Path, newer_than: int) -> int:
-    """Start the stage; SIGKILL it once a checkpoint newer than step `newer_than` is complete."""
-    proc = _stage_cmd(root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while True:
-        done = complete(root / CHECKPOINTS)
-        if done and read_state(done[-1])["step"] > newer_than:
-            break
-        assert proc.poll() is None, "adapt finished before it could be killed; make it longer"
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    return read_state(done[-1])["step"]
 
 
 def test_lora_resume_after_two_sigkills_is_bit_identical(refined: Path, tmp_path: Path):
@@ -236,8 +214,8 @@ def test_lora_resume_after_two_sigkills_is_bit_identical(refined: Path, tmp_path
     reference = copy_tree(project, tmp_path / "reference")
     run_stage("adapt", reference)
 
-    first = _kill_after_checkpoint(project, newer_than=0)
-    second = _kill_after_checkpoint(project, newer_than=first)
+    first = stage_process.kill_after_checkpoint(project, "adapt", CHECKPOINTS, 0)
+    second = stage_process.kill_after_checkpoint(project, "adapt", CHECKPOINTS, first)
     assert 0 < first < second < steps
     assert not (project / OUT).exists()  # a killed run never publishes its output
     run_stage("adapt", project)

@@ -11,7 +11,7 @@ from orchestration.definitions import build_definitions
 from stages.registry import STAGES
 from tests.conftest import set_params, sh, temp_instance
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("eager_stages")]
 
 
 def _run_checks(root: Path, instance) -> dict[tuple[str, str], tuple[bool, dict]]:
@@ -54,8 +54,8 @@ def _assert_synth_metadata(root: Path, instance) -> None:
     assert metadata["metric/accepted_by_template.arithmetic/explained"] > 0
 
 
-def test_checks_pass_after_a_run_and_explain_staleness(project: Path, tmp_path: Path):
-    sh("dvc", "repro", cwd=project)
+def test_checks_pass_after_a_run_and_explain_staleness(reproduced: Path, tmp_path: Path):
+    project = reproduced
     instance = temp_instance(tmp_path / "dagster_home")
     results = _run_checks(project, instance)
     expected = {(s.name, "in_sync_with_dvc_lock") for s in STAGES} | {

@@ -12,12 +12,7 @@ MoE checkpoint in pretrain's format there; running refine and adapt would only a
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +20,6 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from orchestration.dvc_cli import venv_env
 from stages import llama_cpp
 from stages.distill import CHECKPOINTS, OUT
 from stages.model import load_training_model
@@ -33,8 +27,9 @@ from stages.runner import run_stage
 from stages.teacher_logits import select
 from stages.teacher_logits.cache import open_cache
 from stages.train.batches import Split, inputs_targets
-from stages.train.checkpoint import complete, read_state
+from tests import stage_process
 from tests.conftest import TINY, copy_tree, set_params
+from tests.gguf_checks import assert_same_logits
 
 pytestmark = pytest.mark.slow
 CACHE = "data/teacher_logits"
@@ -103,36 +98,11 @@ def test_student_converts_to_gguf_and_llama_cpp_computes_the_same(distilled, tmp
     # full attention: the GGUF computes the same function past the teacher's sliding window
     ids = ids[:TINY["tokenize"]["seq_len"]]
     assert len(ids) > 2 * TINY["pretrain"]["model"]["sliding_window"]
-    hf = AutoModelForCausalLM.from_pretrained(out).eval()
-    with torch.no_grad():
-        ref = hf(torch.tensor([ids])).logits[0].numpy()
-    got = llama_cpp.logits(path, ids)
-    assert got.shape == ref.shape
-    np.testing.assert_allclose(got, ref, atol=1e-3, rtol=1e-3)
-    assert (got.argmax(-1) == ref.argmax(-1)).all()
+    assert_same_logits(out, path, ids)
 
 
-def _stage(root: Path, **popen) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "stages", "run", "distill"], cwd=root,
-                            env=venv_env(), start_new_session=True, **popen)
 
 
-def _kill_after_checkpoint(root: Path, run: str, newer_than: int) -> int:
-    """Start the stage; SIGKILL it once `run`'s checkpoint newer than `newer_than` is
-    complete. Returns that checkpoint's step."""
-    ckpts = root / CHECKPOINTS / run
-    proc = _stage(root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while True:
-        done = complete(ckpts)
-        if done and read_state(done[-1])["step"] > newer_than:
-            break
-        assert proc.poll() is None, "distill finished before it could be killed; make it longer"
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    return read_state(done[-1])["step"]
 
 
 def test_resume_after_two_sigkills_is_bit_identical_and_kd_edits_keep_the_baseline(
@@ -146,14 +116,11 @@ def test_resume_after_two_sigkills_is_bit_identical_and_kd_edits_keep_the_baseli
     reference = copy_tree(project, tmp_path / "reference")
     run_stage("distill", reference)
 
-    first = _kill_after_checkpoint(project, "baseline", newer_than=0)
-    second = _kill_after_checkpoint(project, "kd", newer_than=0)
+    first = stage_process.kill_after_checkpoint(project, "distill", f"{CHECKPOINTS}/baseline", 0)
+    second = stage_process.kill_after_checkpoint(project, "distill", f"{CHECKPOINTS}/kd", 0)
     assert 0 < first < 40 and 0 < second < 40
     assert not (project / OUT).exists()  # a killed run never publishes its output
-    proc = _stage(project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    log, _ = proc.communicate()
-    assert proc.returncode == 0, log
-    metrics = json.loads((project / "reports/distill/metrics.json").read_text())
+    metrics = stage_process.run_ok(project, "distill")
     assert metrics["resumed_from_step"] >= second and metrics["baseline_resumed_from_step"] == 40
     for name in ("model.safetensors", "training.json", "baseline/model.safetensors",
                  "baseline/training.json"):

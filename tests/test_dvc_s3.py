@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import sh
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("eager_stages")]
 
 
 def _digest(root: Path) -> dict[str, str]:

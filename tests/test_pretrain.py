@@ -7,25 +7,20 @@ CPUs stops with a clear error."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from orchestration.dvc_cli import venv_env
 from stages import llama_cpp
 from stages.model import load_training_model
 from stages.pretrain import CHECKPOINTS, OUT
 from stages.train.checkpoint import complete, read_state
+from tests import stage_process
 from tests.conftest import TINY, set_params, tiny_project_through
+from tests.gguf_checks import assert_same_logits
 
 pytestmark = pytest.mark.slow
 UPSTREAM = ("ingest", "signals", "filter", "dedup", "synth", "mix", "tokenize")
@@ -42,7 +37,7 @@ def trained(tokens_project: Path, tmp_path_factory) -> tuple[Path, dict]:
     """A copy of the prepared project with pretrain run once: (root, metrics)."""
     root = tmp_path_factory.mktemp("trained") / "project"
     shutil.copytree(tokens_project, root, symlinks=True)
-    return root, _run(root)
+    return root, stage_process.run_ok(root, "pretrain")
 
 
 @pytest.fixture
@@ -53,34 +48,10 @@ def project(tokens_project: Path, tmp_path: Path) -> Path:
     return dest
 
 
-def _stage_cmd(root: Path, **popen) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "stages", "run", "pretrain"], cwd=root,
-                            env=venv_env(), start_new_session=True, **popen)
 
 
-def _run(root: Path) -> dict:
-    proc = _stage_cmd(root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    out, _ = proc.communicate()
-    assert proc.returncode == 0, out
-    return json.loads((root / "reports/pretrain/metrics.json").read_text())
 
 
-def _kill_after_checkpoint(root: Path, newer_than: int) -> int:
-    """Start the stage; SIGKILL it as soon as a checkpoint newer than step `newer_than` is
-    complete. Returns that checkpoint's step."""
-    ckpts = root / CHECKPOINTS
-    proc = _stage_cmd(root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while True:
-        done = complete(ckpts)
-        if done and read_state(done[-1])["step"] > newer_than:
-            break
-        assert proc.poll() is None, "pretrain finished before it could be killed; make it longer"
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    return read_state(done[-1])["step"]
 
 
 def test_checkpoint_loads_with_transformers_and_has_learned(trained: tuple[Path, dict]):
@@ -119,13 +90,7 @@ def test_checkpoint_converts_to_gguf_and_llama_cpp_computes_the_same(trained, tm
     assert llama_cpp.tokenize(path, text) == ids
     # llama.cpp's qwen2moe graph has no sliding window: the same function up to the window
     ids = ids[:TINY["pretrain"]["model"]["sliding_window"]]
-    hf = AutoModelForCausalLM.from_pretrained(out).eval()
-    with torch.no_grad():
-        ref = hf(torch.tensor([ids])).logits[0].numpy()
-    got = llama_cpp.logits(path, ids)
-    assert got.shape == ref.shape
-    np.testing.assert_allclose(got, ref, atol=1e-3, rtol=1e-3)
-    assert (got.argmax(-1) == ref.argmax(-1)).all()
+    assert_same_logits(out, path, ids)
 
 
 def test_resume_after_two_sigkills_is_bit_identical(project: Path, tmp_path: Path):
@@ -134,39 +99,42 @@ def test_resume_after_two_sigkills_is_bit_identical(project: Path, tmp_path: Pat
     set_params(project, pretrain=long_run)
     reference = tmp_path / "reference"
     shutil.copytree(project, reference, symlinks=True)
-    _run(reference)
+    stage_process.run_ok(reference, "pretrain")
 
-    first = _kill_after_checkpoint(project, newer_than=0)
-    second = _kill_after_checkpoint(project, newer_than=first)
+    first = stage_process.kill_after_checkpoint(project, "pretrain", CHECKPOINTS, 0)
+    second = stage_process.kill_after_checkpoint(project, "pretrain", CHECKPOINTS, first)
     assert 0 < first < second < 80
     assert not (project / OUT).exists()  # a killed run never publishes its output
-    metrics = _run(project)
+    metrics = stage_process.run_ok(project, "pretrain")
     assert metrics["resumed_from_step"] >= second
     for name in ("model.safetensors", "training.json", "stable/model.safetensors"):
         assert (project / OUT / name).read_bytes() == (reference / OUT / name).read_bytes(), name
 
 
+@pytest.mark.usefixtures("eager_stages")  # about checkpoints/processes, not kernels
 def test_incomplete_and_foreign_checkpoints_are_never_loaded(project: Path):
-    _run(project)
+    stage_process.run_ok(project, "pretrain")
     ckpts = project / CHECKPOINTS
     half = ckpts / ".step-00000099.tmp-12345"  # what a kill during a checkpoint write leaves
     half.mkdir()
     (half / "model.safetensors").write_bytes(b"\0" * 100)
     set_params(project, pretrain={"optimizer": {"lr": 0.002}})  # another identity
-    metrics = _run(project)
+    metrics = stage_process.run_ok(project, "pretrain")
     assert metrics["resumed_from_step"] == 0  # the old run's checkpoints were not resumed
     assert not half.exists()
     assert {read_state(c)["step"] for c in complete(ckpts)} == {9, 12}
     with open(project / "stages/train/schedule.py", "a") as fh:  # a code change: another
         fh.write("# changed\n")  # identity too (the finished run is not re-exported)
-    assert _run(project)["resumed_from_step"] == 0
+    assert stage_process.run_ok(project, "pretrain")["resumed_from_step"] == 0
 
 
+@pytest.mark.usefixtures("eager_stages")  # about checkpoints/processes, not kernels
 def test_two_gloo_processes_match_one_at_the_same_global_batch(project: Path, tmp_path: Path):
     two = tmp_path / "two"
     shutil.copytree(project, two, symlinks=True)
     set_params(two, runtime={"train_processes": 2})
-    one_metrics, two_metrics = _run(project), _run(two)
+    one_metrics = stage_process.run_ok(project, "pretrain")
+    two_metrics = stage_process.run_ok(two, "pretrain")
     assert two_metrics["processes"] == 2 and one_metrics["processes"] == 1
     one = json.loads((project / OUT / "training.json").read_text())
     other = json.loads((two / OUT / "training.json").read_text())
@@ -180,22 +148,22 @@ def test_two_gloo_processes_match_one_at_the_same_global_batch(project: Path, tm
         torch.testing.assert_close(w2[name], tensor, rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.usefixtures("eager_stages")  # about checkpoints/processes, not kernels
 def test_fsdp_config_on_cpus_stops_instead_of_training_unsharded(project: Path):
     """accelerate runs FSDP only on GPUs; on CPUs it would quietly fall back to DDP."""
     set_params(project, runtime={"train_processes": 2,
                                  "accelerate_config": "configs/accelerate/fsdp2.yaml"})
-    proc = _stage_cmd(project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    out, _ = proc.communicate()
-    assert proc.returncode != 0
+    code, out = stage_process.run(project, "pretrain")
+    assert code != 0
     assert "asks for FSDP, but accelerate runs FSDP only on GPUs and this run is MULTI_CPU" in out
     assert not (project / OUT).exists()
 
 
+@pytest.mark.usefixtures("eager_stages")  # about checkpoints/processes, not kernels
 def test_diverged_training_stops_with_a_clear_error(project: Path):
     set_params(project, pretrain={"optimizer": {"lr": 1.0e6, "grad_clip": 1.0e9},
                                   "schedule": {"warmup_steps": 0}})
-    proc = _stage_cmd(project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    out, _ = proc.communicate()
-    assert proc.returncode != 0
+    code, out = stage_process.run(project, "pretrain")
+    assert code != 0
     assert "training diverged; lower pretrain.optimizer.lr" in out
     assert not (project / OUT).exists()

@@ -130,3 +130,13 @@ def test_every_process_runs_as_many_evaluation_forwards():
         assert evaluate(Model(), windows, 2, acc(rank), contextlib.nullcontext)["loss"] == 2.0
         passes[rank] = list(seen)
     assert passes == {0: [([0, 16], 2 * SEQ), ([32], SEQ)], 1: [([8, 24], 2 * SEQ), ([0], 0)]}
+
+
+def test_tokens_to_reach_interpolates_between_evaluations():
+    from stages.train.report import tokens_to_reach
+
+    evals = [{"tokens": 0, "loss": 8.0}, {"tokens": 100, "loss": 6.0}, {"tokens": 200, "loss": 5.0}]
+    assert tokens_to_reach(evals, "loss", 7.0) == 50.0
+    assert tokens_to_reach(evals, "loss", 5.5) == 150.0
+    assert tokens_to_reach(evals, "loss", 8.5) == 0.0  # already there at the first evaluation
+    assert tokens_to_reach(evals, "loss", 4.0) is None  # never within the budget

@@ -4,26 +4,19 @@ of the SFT loss; the mix takes its shares; resume after two SIGKILLs is bit-iden
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from orchestration.dvc_cli import venv_env
 from stages.refine import CHECKPOINTS, OUT
 from stages.refine.config import Params
 from stages.refine.data import counts
 from stages.runner import StageInputError, run_stage
 from stages.train import corpus, sft
 from stages.train.batches import IGNORE
-from stages.train.checkpoint import complete, read_state
+from tests import stage_process
 from tests.conftest import copy_tree, set_params
 
 pytestmark = pytest.mark.slow
@@ -36,16 +29,8 @@ def refined(pretrained_project: Path, tmp_path_factory) -> tuple[Path, dict]:
     return root, run_stage("refine", root)
 
 
-def _stage(root: Path, **popen) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "stages", "run", "refine"], cwd=root,
-                            env=venv_env(), start_new_session=True, **popen)
 
 
-def _run(root: Path) -> dict:
-    proc = _stage(root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    out, _ = proc.communicate()
-    assert proc.returncode == 0, out
-    return json.loads((root / "reports/refine/metrics.json").read_text())
 
 
 def test_refined_model_loads_and_reports_before_and_after(refined):
@@ -99,20 +84,6 @@ def test_missing_stable_checkpoint_is_a_clear_error(pretrained_project: Path, tm
         run_stage("refine", root)
 
 
-def _kill_after_checkpoint(root: Path, newer_than: int) -> int:
-    ckpts = root / CHECKPOINTS
-    proc = _stage(root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while True:
-        done = complete(ckpts)
-        if done and read_state(done[-1])["step"] > newer_than:
-            break
-        assert proc.poll() is None, "refine finished before it could be killed; make it longer"
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    return read_state(done[-1])["step"]
 
 
 def test_resume_after_two_sigkills_is_bit_identical(pretrained_project: Path, tmp_path: Path):
@@ -120,11 +91,11 @@ def test_resume_after_two_sigkills_is_bit_identical(pretrained_project: Path, tm
     set_params(root, refine={"train_tokens": 60 * 512, "eval": {"every_steps": 40},
                              "checkpoint": {"every_steps": 10}})
     reference = copy_tree(root, tmp_path / "reference")
-    _run(reference)
-    first = _kill_after_checkpoint(root, newer_than=0)
-    second = _kill_after_checkpoint(root, newer_than=first)
+    stage_process.run_ok(reference, "refine")
+    first = stage_process.kill_after_checkpoint(root, "refine", CHECKPOINTS, 0)
+    second = stage_process.kill_after_checkpoint(root, "refine", CHECKPOINTS, first)
     assert 0 < first < second
     assert not (root / OUT).exists()
-    assert _run(root)["resumed_from_step"] >= second
+    assert stage_process.run_ok(root, "refine")["resumed_from_step"] >= second
     for name in ("model.safetensors", "training.json"):
         assert (root / OUT / name).read_bytes() == (reference / OUT / name).read_bytes(), name

@@ -109,7 +109,10 @@ def test_hf_finish_reasons_and_token_counts(model_dir: Path):
         g, s = long[f"k{i}"], short[f"k{i}"]
         assert g.prompt_tokens == s.prompt_tokens == len(tok(prompt).input_ids)
         assert g.completion_tokens == len(tok(g.text, add_special_tokens=False).input_ids)
-        assert s.finish_reason == "length" and s.completion_tokens == 3
+        if g.completion_tokens < 3:  # the model ended within 3 tokens: both runs are the same
+            assert s == g and s.finish_reason == "stop"
+        else:
+            assert s.finish_reason == "length" and s.completion_tokens == 3
         assert g.text.startswith(s.text)  # greedy: the short run is a prefix of the long one
     # the model learned to end its sentences: it stops at EOS well before 40 tokens
     stopped = [g for g in long.values() if g.finish_reason == "stop"]
@@ -226,9 +229,10 @@ def test_http_against_llama_cpp_server(llama_server: str, api: str):
     assert all(isinstance(g, Generation) for g in first.values())
     assert all(g.prompt_tokens > 0 and g.completion_tokens <= 12 for g in first.values())
     assert all(g.finish_reason in ("stop", "length") for g in first.values())
-    assert len({g.text for g in seeds.values()}) > 1
-    if api == "completions":
+    if api == "completions":  # the server's default chat format is foreign to the tiny model,
+        # which may answer it with EOS whatever the seed: sampled text is checked on raw prompts
         assert any(g.text for g in first.values())
+        assert len({g.text for g in seeds.values()}) > 1
     assert backend.fingerprint == "http:tiny" and not backend.retries
 
 

@@ -14,7 +14,6 @@ dequantised base for qlora), plus the adapter itself under `adapter/` for the Lo
 
 from __future__ import annotations
 
-import math
 import shutil
 from functools import partial
 from pathlib import Path
@@ -24,8 +23,8 @@ from torch.utils.checkpoint import checkpoint
 from stages.adapt import lora, nf4
 from stages.adapt.config import Params
 from stages.model import load_training_model, save_hf
-from stages.model.precision import PrecisionConfig, apply_precision, precision_metadata
-from stages.train.batches import Split, eval_set, global_batch, inputs_targets
+from stages.model.precision import apply_precision, precision_metadata
+from stages.train.batches import Split, eval_sets, global_batch, inputs_targets
 from stages.train.loop import flops_per_token
 from stages.train.task import Task
 
@@ -39,7 +38,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json",
 
 def metadata(p: Params) -> dict:
     """What config.json records about how the weights were trained (`training_precision`)."""
-    meta = {**precision_metadata(PrecisionConfig(**p.precision.model_dump())), "adapt": p.mode}
+    meta = {**precision_metadata(p.precision_config()), "adapt": p.mode}
     if p.mode == "qlora":
         meta["base_quantization"] = {"quant_type": "nf4", **p.qlora.model_dump()}
     return meta
@@ -86,20 +85,19 @@ def build(p: Params, spec: dict, acc) -> Task:
     train = Split.open(domain / "train")
     pad = int(train.index["pad_id"])
     seq_len = train.seq_len
-    sets = {"eval": tok / "eval", "domain": domain / "domain", "other": domain / "other"}
-    evals = {key: eval_set(split, pad, p.eval.max_bytes) for key, split in
-             ((key, Split.open(path)) for key, path in sets.items()) if split.sequences}
+    evals = eval_sets({"eval": tok / "eval", "domain": domain / "domain",
+                       "other": domain / "other"}, pad, p.eval.max_bytes)
     moe = load_training_model(base_dir)
     counts = {"total": moe.num_params(), "active": moe.num_params(active=True)}
     fpt, frozen = flops_per_token(moe, seq_len), moe.num_params(active=True, embeddings=False)
-    pc = PrecisionConfig(**p.precision.model_dump())
+    pc = p.precision_config()
     autocast = apply_precision(moe, pc, acc.device.type)
     trained = adapted(p, moe)
     counts["trainable"] = lora.trainable(trained)
     if p.mode != "full":  # no weight gradients for the frozen base; the adapters' full 6 x
         fpt += 6 * counts["trainable"] - 2 * frozen
     g = p.batch.global_seqs
-    total_steps = math.ceil(p.train_tokens / (g * seq_len))
+    total_steps = p.steps(seq_len)
 
     def batch(step: int) -> dict:
         x, y = inputs_targets(train, global_batch(train, step, g, spec["seed"], "uniform"), pad)

@@ -19,7 +19,7 @@ from __future__ import annotations
 from stages.distill.config import KDParams, Params
 from stages.runner import StageContext
 
-__all__ = ["Params", "run", "tokens_to_reach"]
+__all__ = ["Params", "run"]
 
 CACHE = "data/teacher_logits"
 TOKENS = "data/tokenize"
@@ -32,21 +32,11 @@ BASELINE_KEYS = ("eval_loss", "eval_bpb", "eval_bpb_at_init", "val_loss", "val_b
                  "train_loss", "tokens_per_s_step", "resumed_from_step")
 
 
-def tokens_to_reach(evals: list[dict], key: str, target: float) -> float | None:
-    """Training tokens at which `key` first falls to `target` (linear interpolation between
-    evaluations); None if it never does."""
-    for prev, row in zip(evals, evals[1:], strict=False):
-        if row[key] <= target:
-            if prev[key] <= target:
-                return float(prev["tokens"])
-            frac = (prev[key] - target) / (prev[key] - row[key])
-            return prev["tokens"] + frac * (row["tokens"] - prev["tokens"])
-    return None
-
 
 def run(params: Params, ctx: StageContext) -> dict:
     from stages.distill.report import plot_kd_vs_baseline
     from stages.train import launch
+    from stages.train.report import tokens_to_reach
 
     cache, tokens = ctx.dep(CACHE), ctx.dep(TOKENS)
     ckpt, out = ctx.persist(CHECKPOINTS), ctx.out(OUT)

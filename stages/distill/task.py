@@ -10,7 +10,6 @@ pretrain's: the validation split and ingest's held-out slice (bits per byte).
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from pathlib import Path
 
@@ -20,9 +19,9 @@ import torch
 from stages.distill.config import Params
 from stages.model import MoEConfig, MoEForCausalLM, save_hf
 from stages.model.loss import KDLoss
-from stages.model.precision import PrecisionConfig, apply_precision, precision_metadata
+from stages.model.precision import apply_precision, precision_metadata
 from stages.teacher_logits.cache import open_cache, rows_digest
-from stages.train.batches import Split, epoch_batch, eval_set, inputs_targets
+from stages.train.batches import Split, epoch_batch, eval_sets, inputs_targets
 from stages.train.loop import flops_per_token
 from stages.train.task import Task
 
@@ -50,14 +49,12 @@ def build(p: Params, spec: dict, acc) -> Task:
         raise ValueError(f"{cache} was computed on other tokens than {tok}: re-run "
                          "teacher_logits")
     pad, seq_len = int(train.index["pad_id"]), train.seq_len
-    evals = {key: eval_set(split, pad, p.eval.max_bytes)
-             for key, split in (("val", Split.open(tok / "validation")),
-                                ("eval", Split.open(tok / "eval"))) if split.sequences}
+    evals = eval_sets({"val": tok / "validation", "eval": tok / "eval"}, pad, p.eval.max_bytes)
     model = MoEForCausalLM(student_config(p, manifest["vocab_size"], seq_len))
-    pc = PrecisionConfig(**p.precision.model_dump())
+    pc = p.precision_config()
     autocast = apply_precision(model, pc, acc.device.type)
     g = p.batch.global_seqs
-    total_steps = math.ceil(p.train_tokens / (g * seq_len))
+    total_steps = p.steps(seq_len)
     kd = KDLoss(**p.kd.model_dump()) if p.kd.alpha > 0 else None
 
     def batch(step: int) -> dict:

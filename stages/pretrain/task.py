@@ -9,14 +9,13 @@ compared by). With a WSD schedule the weights at the end of the stable phase are
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from pathlib import Path
 
 from stages.model import MoEConfig, MoEForCausalLM, save_hf
-from stages.model.precision import PrecisionConfig, apply_precision, precision_metadata
+from stages.model.precision import apply_precision, precision_metadata
 from stages.pretrain.config import Params
-from stages.train.batches import Split, eval_set, global_batch, inputs_targets
+from stages.train.batches import Split, eval_sets, global_batch, inputs_targets
 from stages.train.loop import flops_per_token
 from stages.train.schedule import decay_start
 from stages.train.task import Task
@@ -36,14 +35,12 @@ def build(p: Params, spec: dict, acc) -> Task:
     train = Split.open(tok / "train")
     pad = int(train.index["pad_id"])
     seq_len = train.seq_len
-    evals = {key: eval_set(split, pad, p.eval.max_bytes)
-             for key, split in (("val", Split.open(tok / "validation")),
-                                ("eval", Split.open(tok / "eval"))) if split.sequences}
+    evals = eval_sets({"val": tok / "validation", "eval": tok / "eval"}, pad, p.eval.max_bytes)
     model = MoEForCausalLM(model_config(p, manifest["vocab_size"], seq_len))
-    pc = PrecisionConfig(**p.precision.model_dump())
+    pc = p.precision_config()
     autocast = apply_precision(model, pc, acc.device.type)
     g = p.batch.global_seqs
-    total_steps = math.ceil(p.train_tokens / (g * seq_len))
+    total_steps = p.steps(seq_len)
 
     def batch(step: int) -> dict:
         x, y = inputs_targets(train, global_batch(train, step, g, spec["seed"], p.sampling), pad)

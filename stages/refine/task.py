@@ -9,12 +9,11 @@ reasoning items (`reasoning`, loss on the responses).
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from pathlib import Path
 
 from stages.model import load_training_model, save_hf
-from stages.model.precision import PrecisionConfig, apply_precision, precision_metadata
+from stages.model.precision import apply_precision, precision_metadata
 from stages.refine.config import Params
 from stages.refine.data import Examples, Mixture, counts
 from stages.train import corpus, sft
@@ -46,7 +45,7 @@ def plan(p: Params, spec: dict, sp, seq_len: int) -> tuple[Mixture, Examples, in
     mixture = Mixture(splits, per_step, spec["seed"], pad)
     examples = Examples(sft.encode(sft.read_jsonl(Path(spec["limo_dir"]) / "train.jsonl"), sp,
                                    p.sft.template, seq_len), spec["seed"])
-    cpt_steps = math.ceil(p.train_tokens / (g * seq_len))
+    cpt_steps = p.steps(seq_len)
     sft_steps = examples.steps(p.sft.epochs, g) if examples.examples else 0
     return mixture, examples, cpt_steps, sft_steps
 
@@ -63,7 +62,7 @@ def build(p: Params, spec: dict, acc) -> Task:
                 else examples.batch(step - cpt_steps, g))
 
     model = load_training_model(spec["init_dir"])
-    pc = PrecisionConfig(**p.precision.model_dump())
+    pc = p.precision_config()
     autocast = apply_precision(model, pc, acc.device.type)
 
     def export(trained, state: dict, out: Path) -> None:

@@ -113,3 +113,10 @@ def eval_windows(split: Split, pad_id: int, max_bytes: int = 0
 def eval_set(split: Split, pad_id: int, max_bytes: int = 0) -> EvalSet:
     """The evaluation windows of a packed text split, scored in bits per byte."""
     return EvalSet(*eval_windows(split, pad_id, max_bytes))
+
+
+def eval_sets(splits: dict[str, Path], pad_id: int, max_bytes: int = 0) -> dict[str, EvalSet]:
+    """`eval_set` of each packed split directory, by name; empty splits are left out."""
+    opened = {name: Split.open(path) for name, path in splits.items()}
+    return {name: eval_set(split, pad_id, max_bytes) for name, split in opened.items()
+            if split.sequences}

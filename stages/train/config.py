@@ -7,6 +7,7 @@ leave `checkpoint` out, so changing the cadence never makes a stage stale.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -73,3 +74,10 @@ class TrainParams(StrictModel):
     checkpoint: CheckpointParams = CheckpointParams()
 
 
+
+    def steps(self, seq_len: int) -> int:
+        """Optimizer steps that cover `train_tokens` at this global batch."""
+        return math.ceil(self.train_tokens / (self.batch.global_seqs * seq_len))
+
+    def precision_config(self) -> PrecisionConfig:
+        return PrecisionConfig(**self.precision.model_dump())

@@ -1,10 +1,23 @@
-"""The loss-curve PNG of a training run: training and evaluation losses, and bits per byte."""
+"""Reading a training run: the loss-curve PNG (training and evaluation losses, bits per byte) and
+the tokens a run needs to reach a target."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 COLORS = ("#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3")
+
+
+def tokens_to_reach(evals: list[dict], key: str, target: float) -> float | None:
+    """Training tokens at which `key` first falls to `target` (linear interpolation between
+    evaluations); None if it never does."""
+    for prev, row in zip(evals, evals[1:], strict=False):
+        if row[key] <= target:
+            if prev[key] <= target:
+                return float(prev["tokens"])
+            frac = (prev[key] - target) / (prev[key] - row[key])
+            return prev["tokens"] + frac * (row["tokens"] - prev["tokens"])
+    return None
 
 
 def eval_keys(evals: list[dict], suffix: str) -> list[str]:
