@@ -79,7 +79,10 @@ def main() -> None:
     if proc.returncode:
         raise SystemExit(proc.stdout + proc.stderr)
     m = json.loads((work / st.metrics[0]).read_text())
-    runs = [m, *m.get("runs", {}).values()]  # a stage's extra runs, e.g. distill's baseline
+    runs = [m]
+    if "baseline_tokens_per_s_step" in m:  # distill's no-KD baseline: the same token budget
+        runs.append({"tokens": m["tokens"], "steps": m["steps"],
+                     "tokens_per_s_step": m["baseline_tokens_per_s_step"]})
     tokens = sum(r["tokens"] for r in runs)
     step_seconds = sum(r["tokens"] / r["tokens_per_s_step"] for r in runs)
     stage_tps = tokens / wall
