@@ -32,7 +32,6 @@ BASELINE_KEYS = ("eval_loss", "eval_bpb", "eval_bpb_at_init", "val_loss", "val_b
                  "train_loss", "tokens_per_s_step", "resumed_from_step")
 
 
-
 def run(params: Params, ctx: StageContext) -> dict:
     from stages.distill.report import plot_kd_vs_baseline
     from stages.train import launch
