@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 from dagster import AssetSelection
 
 from orchestration import ledger
@@ -87,9 +88,10 @@ def test_dvc_first(reproduced: Path, tmp_path: Path):
 
     # A mix-ratio edit stales exactly `mix`, not synth (whose generation cache it would cost);
     # undone, nothing is stale.
-    set_params(project, mix={"synthetic_fraction": 0.02})  # the tiny corpus uses all at 0.1
+    before = yaml.safe_load((project / "params.yaml").read_text())["mix"]["synthetic_fraction"]
+    set_params(project, mix={"synthetic_fraction": before / 10})
     assert dagster_unsynced(project, instance) == {"mix"} == dvc_changed(project)
-    set_params(project, mix={"synthetic_fraction": 0.2})  # params.yaml's, the tiny profile's too
+    set_params(project, mix={"synthetic_fraction": before})
     assert dagster_unsynced(project, instance) == set() == dvc_changed(project)
 
     # A student hyperparameter stales only `distill`: the teacher's top-k logits stay cached.
