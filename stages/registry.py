@@ -384,6 +384,32 @@ STAGES: tuple[Stage, ...] = (
                 lambda m: m["tokens_to_target_fraction"] is not None,
             ),
         ),
+    ),    Stage(
+        name="ptq",
+        description="RTN, GPTQ and AWQ int4 of the student and the MoE teacher (llm-compressor), "
+        "each scored on the held-out text.",
+        code=("stages/ptq", "stages/quant", "stages/model", "stages/train/batches.py",
+              "stages/train/loop.py", "stages/train/task.py", "stages/tokenize/pack.py"),
+        deps=("data/distill", "data/adapt", "data/tokenize"),
+        params=("base.seed", "ptq"),
+        out="data/ptq",
+        metrics=("reports/ptq/metrics.json",),
+        plots=("reports/ptq/bpb.png",),
+        gpu=True,
+        checks=(
+            MetricCheck(
+                "artifacts_scored",
+                "every quantized artifact's held-out bits per byte is finite",
+                lambda m: all(row["eval_bpb"] == row["eval_bpb"] < float("inf")
+                              for name in ("student", "teacher")
+                              for row in m.get(name, {}).values()),
+            ),
+            MetricCheck(
+                "no_expert_uncalibrated",
+                "every expert of the teacher is calibrated on at least one token",
+                lambda m: m["goals"].get("no_expert_uncalibrated", True),
+            ),
+        ),
     ),
 )
 

@@ -1,0 +1,103 @@
+"""ptq: AWQ and GPTQ int4 of the distilled student and the adapted MoE teacher, RTN as baseline.
+
+Every method (`ptq.methods`) quantizes every model (`ptq.models`) with one llm-compressor scheme
+(`ptq.scheme`: bits, group size, symmetric; `stages.ptq.recipes`) and is saved in
+compressed-tensors `pack-quantized` form, which `AutoModelForCausalLM` loads. Calibration is a
+seeded sample of the curated corpus (tokenize's packed `train` rows; their indices are part of
+the output). The teacher's experts: the router's spread of the calibration tokens is counted per
+layer and expert, and by default every expert is calibrated on every token
+(`ptq.moe.calibrate_all_experts`); see `stages.ptq.calibration`.
+
+Each artifact is re-loaded from disk and scored by the shared held-out evaluation
+(`stages.quant.heldout`: general and domain bits per byte), beside its full-precision source.
+
+Outputs: `data/ptq/<model>/<method>/` (checkpoint + tokenizer), `data/ptq/calibration.json`.
+Reports: `reports/ptq/metrics.json` (one table per model, expert token counts, goals) and
+`reports/ptq/bpb.png`. See docs/quantization.md.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+from stages import atomic
+from stages.ptq.config import Params
+from stages.runner import StageContext
+
+__all__ = ["Params", "run"]
+
+TOKENS = "data/tokenize"
+STUDENT = "data/distill"
+TEACHER = "data/adapt"
+OUT = "data/ptq"
+REPORTS = "reports/ptq"
+
+
+def run(params: Params, ctx: StageContext) -> dict:
+    import torch
+
+    from stages.model.hf import load_hf
+    from stages.ptq.calibration import calibration_rows, calibration_tokens, routed_tokens
+    from stages.ptq.recipes import check_group_size, quantize
+    from stages.ptq.report import plot_bpb
+    from stages.quant.heldout import heldout_sets, score
+    from stages.quant.ondisk import int_weights
+    from stages.train.batches import Split
+
+    torch.manual_seed(ctx.base.seed)
+    tokens, adapt = ctx.dep(TOKENS), ctx.dep(TEACHER)
+    sources = {"student": ctx.dep(STUDENT), "teacher": adapt}
+    out = ctx.out(OUT)
+    ids, rows = calibration_rows(Split.open(tokens / "train"), params.calibration, ctx.base.seed)
+    atomic.write_json(out / "calibration.json", {
+        "split": f"{TOKENS}/train", "rows": ids.tolist(), "seq_len": rows.shape[1],
+        "tokens": rows.numel()})
+    evals = heldout_sets(tokens, adapt, params.eval.max_bytes)
+    micro = params.eval.micro_seqs
+    tables, experts = {}, {}
+    for name in params.models:
+        src = sources[name]
+        model = load_hf(src).eval()
+        table = {"fp32": score(model, evals, micro) | {"bytes": int_weights(src)["bytes"]}}
+        if name == "teacher":
+            routed = routed_tokens(model, rows, micro)
+            experts = {"routed_tokens": routed,
+                       "calibration_tokens": calibration_tokens(routed, rows.numel(), params.moe),
+                       "calibrate_all_experts": params.moe.calibrate_all_experts}
+        check_group_size(model, params.scheme.group_size, src)
+        del model
+        for method in params.methods:
+            dest = out / name / method
+            start = time.perf_counter()
+            model = load_hf(src).eval()
+            quantize(model, method, rows, params)
+            model.save_pretrained(dest, save_compressed=True)
+            seconds = time.perf_counter() - start
+            del model
+            for f in sorted(src.glob("tokenizer*")):
+                shutil.copy2(f, dest / f.name)
+            stored = load_hf(dest).eval()  # what a user loads
+            table[method] = score(stored, evals, micro) | int_weights(dest) | {
+                "seconds": round(seconds, 2)}
+            ctx.log.info("%s %s: eval_bpb %.4f (fp32 %.4f), domain_bpb %.4f (fp32 %.4f)", name,
+                         method, table[method]["eval_bpb"], table["fp32"]["eval_bpb"],
+                         table[method]["domain_bpb"], table["fp32"]["domain_bpb"])
+        tables[name] = table
+    plot_bpb(tables, ctx.out(f"{REPORTS}/bpb.png"), params.scheme)
+    return {"scheme": params.scheme.model_dump(), "calibration_tokens": rows.numel(),
+            **tables, "experts": experts, "goals": goals(tables, experts)}
+
+
+def goals(tables: dict, experts: dict) -> dict:
+    """The issue's quality goals, evaluated on general held-out bits per byte."""
+    out = {}
+    for name, t in tables.items():
+        if "rtn" in t:
+            for method in ("gptq", "awq"):
+                if method in t:
+                    out[f"{name}_{method}_le_rtn"] = t[method]["eval_bpb"] <= t["rtn"]["eval_bpb"]
+    if experts:
+        out["no_expert_uncalibrated"] = all(n > 0 for layer in experts["calibration_tokens"]
+                                            for n in layer)
+    return out

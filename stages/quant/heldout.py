@@ -1,0 +1,51 @@
+"""One evaluation for every exported model: bits per byte on the same held-out text.
+
+The sets are the general held-out slice (ingest's, packed by `tokenize`: `eval`) and the domain's
+held-out documents (packed by `adapt`: `domain`), windowed by `stages.train.batches.eval_sets`
+and scored by the training loop's own `evaluate`, so a quantized artifact's `eval_bpb` compares
+with every training stage's. A transformers model (fp32, compressed-tensors, torchao) is scored
+through `CausalLMScorer`, which gives it the training model's `(inputs, targets) -> .ce` call.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stages.train.batches import IGNORE, Split, eval_sets
+from stages.train.task import EvalSet
+
+DOMAIN_SPLIT = "corpus/domain"  # inside adapt's output (`stages.adapt.CORPUS_SPLITS`)
+
+
+def heldout_sets(tokens: Path, adapt: Path, max_bytes: int) -> dict[str, EvalSet]:
+    """`eval` (general held-out text) and `domain` (the adapted domain's held-out documents)."""
+    pad = int(Split.open(tokens / "eval").index["pad_id"])
+    return eval_sets({"eval": tokens / "eval", "domain": adapt / DOMAIN_SPLIT}, pad, max_bytes)
+
+
+class CausalLMScorer(nn.Module):
+    """A transformers causal LM behind the training model's call: mean next-token CE over the
+    targets that are not IGNORE (the loop's `evaluate` weights it by their count)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs: torch.Tensor, targets: torch.Tensor) -> SimpleNamespace:
+        logits = self.model(input_ids=inputs).logits.float()
+        return SimpleNamespace(ce=F.cross_entropy(logits.flatten(0, 1), targets.flatten(),
+                                                  ignore_index=IGNORE))
+
+
+@torch.no_grad()
+def score(model: nn.Module, evals: dict[str, EvalSet], micro: int) -> dict[str, float]:
+    """`<set>_loss` and `<set>_bpb` of a transformers model on each set."""
+    from stages.train.loop import evaluate_model
+
+    out = evaluate_model(CausalLMScorer(model).eval(), evals, micro)
+    return {k: v for k, v in out.items() if not k.endswith("_ppl")}
