@@ -78,7 +78,8 @@ def _scalar(value: Any) -> bool:
 
 def _metrics(stage: Stage, root: Path) -> dict[str, Any]:
     """Numbers and labels from the stage's metrics files, for materialization metadata: the top
-    level, and one level of nested tables (`metric/rejected_by_reason.empty`)."""
+    level, one level of nested tables (`metric/rejected_by_reason.empty`), and tables of rows
+    (`{row: {column: value}}`, e.g. a quantization stage's per-method scores) as markdown."""
     out: dict[str, Any] = {}
     for rel in stage.metrics:
         path = root / rel
@@ -86,9 +87,25 @@ def _metrics(stage: Stage, root: Path) -> dict[str, Any]:
             for key, value in json.loads(path.read_text()).items():
                 if _scalar(value):
                     out[f"metric/{key}"] = value
+                elif isinstance(value, dict) and value and all(
+                        isinstance(v, dict) for v in value.values()):
+                    out[f"metric/{key}"] = MetadataValue.md(_markdown_table(value))
                 elif isinstance(value, dict):
                     out.update({f"metric/{key}.{k}": v for k, v in value.items() if _scalar(v)})
     return out
+
+
+def _markdown_table(rows: dict[str, dict]) -> str:
+    """`{row: {column: value}}` as a markdown table of its scalar columns (floats: 5 digits)."""
+    columns = list(dict.fromkeys(c for r in rows.values() for c, v in r.items() if _scalar(v)))
+
+    def cell(v: Any) -> str:
+        return f"{v:.5g}" if isinstance(v, float) else "" if v is None else str(v)
+
+    lines = ["| | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    lines += [f"| {name} | " + " | ".join(cell(r.get(c)) for c in columns) + " |"
+              for name, r in rows.items()]
+    return "\n".join(lines)
 
 
 def _png_markdown(name: str, path: Path) -> str:
@@ -98,13 +115,14 @@ def _png_markdown(name: str, path: Path) -> str:
 
 
 def _plot_metadata(stage: Stage, root: Path) -> dict[str, Any]:
-    """PNG plots inline (`plot/<stem>`) and by path (`plot_path/<stem>`); data plots by path."""
+    """PNG plots inline (`plot/<name>`) and by path (`plot_path/<name>`); data plots by path. The
+    name is the plot's path under `reports/<stage>/` without suffix (`loss`, `control/loss`)."""
     out: dict[str, Any] = {}
     for rel in stage.plots:
         path = root / rel
         if not path.exists():
             continue
-        stem = Path(rel).stem
+        stem = Path(rel).with_suffix("").as_posix().removeprefix(f"reports/{stage.name}/")
         if path.suffix.lower() == ".png":
             out[f"plot/{stem}"] = MetadataValue.md(_png_markdown(stem, path))
         out[f"plot_path/{stem}"] = MetadataValue.path(rel)

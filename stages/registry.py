@@ -385,6 +385,37 @@ STAGES: tuple[Stage, ...] = (
             ),
         ),
     ),    Stage(
+        name="qat",
+        description="Quantization-aware training of the student (torchao int4), its "
+        "full-precision control, both quantized and scored.",
+        code=("stages/qat", "stages/quant", *TRAINING_CODE),
+        deps=("data/distill", "data/tokenize", "data/adapt"),
+        params=("base.seed", *training_params("qat", "quant")),
+        out="data/qat",
+        metrics=("reports/qat/metrics.json",),
+        plots=(
+            "reports/qat/loss.png",
+            "reports/qat/train_curve.json",
+            "reports/qat/eval_curve.json",
+            "reports/qat/bpb.png",
+            "reports/qat/control/loss.png",
+            "reports/qat/control/train_curve.json",
+            "reports/qat/control/eval_curve.json",
+        ),
+        plot_x="tokens",
+        persist=("checkpoints/qat",),
+        gpu=True,
+        checks=(
+            MetricCheck(
+                "quantized_model_scored",
+                "the QAT model's held-out bits per byte is finite and its weights are stored as "
+                "integers",
+                lambda m: (m["table"]["qat"]["eval_bpb"] == m["table"]["qat"]["eval_bpb"]
+                           and m["table"]["qat"]["quantized_tensors"] > 0),
+            ),
+        ),
+    ),
+    Stage(
         name="ptq",
         description="RTN, GPTQ and AWQ int4 of the student and the MoE teacher (llm-compressor), "
         "each scored on the held-out text.",

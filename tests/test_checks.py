@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -96,3 +97,24 @@ def test_png_plots_inline_data_plots_by_path(tmp_path: Path):
     metadata = _plot_metadata(s, tmp_path)
     assert set(metadata) == {"plot/loss", "plot_path/loss", "plot_path/curve"}
     assert metadata["plot/loss"].value == "![loss](data:image/png;base64,iVBORw0KGgpmYWtl)"
+
+
+def test_metric_tables_become_markdown_and_plot_names_keep_their_folder(tmp_path: Path):
+    from assets.stage_assets import _metrics, _plot_metadata
+    from stages.registry import Stage
+
+    s = Stage(name="q", description="", code=(), out="data/q",
+              metrics=("reports/q/metrics.json",),
+              plots=("reports/q/loss.png", "reports/q/control/loss.png"))
+    (tmp_path / "reports/q/control").mkdir(parents=True)
+    (tmp_path / "reports/q/metrics.json").write_text(json.dumps({
+        "steps": 4, "goals": {"ok": 1},
+        "table": {"fp32": {"eval_bpb": 3.05091, "bytes": 10}, "rtn": {"eval_kl": 0.000123}}}))
+    for rel in s.plots:
+        (tmp_path / rel).write_bytes(b"\x89PNG\r\n\x1a\nfake")
+    metadata = _metrics(s, tmp_path)
+    assert metadata["metric/steps"] == 4 and metadata["metric/goals.ok"] == 1
+    assert metadata["metric/table"].value.splitlines() == [
+        "| | eval_bpb | bytes | eval_kl |", "|---|---|---|---|",
+        "| fp32 | 3.0509 | 10 |  |", "| rtn |  |  | 0.000123 |"]
+    assert {"plot/loss", "plot/control/loss"} <= set(_plot_metadata(s, tmp_path))

@@ -15,7 +15,7 @@ from dagster import AssetSelection
 from orchestration import ledger
 from orchestration.sync import pending_materializations, sync_to_instance
 from stages.registry import STAGES, stage
-from tests.conftest import set_params, temp_instance
+from tests.conftest import TINY, set_params, temp_instance
 from tests.pipeline_helpers import (
     dagster_materialize,
     dagster_unsynced,
@@ -28,7 +28,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("eager_stages")]
 ALL = {s.name for s in STAGES}
 # A filter threshold is also synth's (its QC applies filter's rules to generated text).
 EDITED = {"filter", "synth"}
-TRAINING = ("pretrain", "refine", "adapt", "teacher_logits", "distill")
+TRAINING = ("pretrain", "refine", "adapt", "teacher_logits", "distill", "qat", "ptq")
+# What a new adapted model re-runs (qat and ptq score on its domain held-out set, ptq quantizes it).
+AFTER_ADAPT = {"adapt", "teacher_logits", "distill", "qat", "ptq"}
 AFTER_FILTER = ("dedup", "mix", "tokenize", *TRAINING)
 # A threshold no document of the tiny corpus is near: filter re-runs, its output bytes stay.
 NOOP_EDIT = {"filter": {"gopher_quality": {"max_words": 100_001}}}
@@ -59,7 +61,7 @@ def test_dagster_first(project: Path, tmp_path: Path):
     set_params(project, adapt={"optimizer": {"lr": 0.002}})
     assert dagster_unsynced(project, instance) == {"adapt"} == dvc_changed(project)
     ran = _rerun_unsynced_and_downstream(project, instance)
-    assert ran == {"adapt": True, "teacher_logits": True, "distill": True}
+    assert ran == dict.fromkeys(AFTER_ADAPT, True)
     assert dagster_unsynced(project, instance) == set() == dvc_changed(project)
     assert dvc_repro(project) == set()  # what Dagster ran is in dvc.lock: nothing to do
     assert pending_materializations(project, instance) == []  # and the sync sensor has nothing
@@ -94,18 +96,25 @@ def test_dvc_first(reproduced: Path, tmp_path: Path):
     set_params(project, mix={"synthetic_fraction": before})
     assert dagster_unsynced(project, instance) == set() == dvc_changed(project)
 
-    # A student hyperparameter stales only `distill`: the teacher's top-k logits stay cached.
+    # A ptq edit stales exactly `ptq`: qat, distill and everything upstream stay up to date.
+    set_params(project, ptq={"scheme": {"group_size": 32}})
+    assert dagster_unsynced(project, instance) == {"ptq"} == dvc_changed(project)
+    set_params(project, ptq={"scheme": {"group_size": TINY["ptq"]["scheme"]["group_size"]}})
+    assert dagster_unsynced(project, instance) == set() == dvc_changed(project)
+
+    # A student hyperparameter stales only `distill` (and what reads the student): the
+    # teacher's top-k logits stay cached.
     set_params(project, distill={"kd": {"temperature": 2.0}})
     assert dagster_unsynced(project, instance) == {"distill"} == dvc_changed(project)
-    assert dvc_repro(project) == {"distill"}
+    assert dvc_repro(project) == {"distill", "qat", "ptq"}
     list(sync_to_instance(project, instance))
     # An adapt edit that leaves the adapted weights' bytes as they were (the log cadence) re-runs
-    # adapt, then the teacher logits, which come out byte-identical: distill does not re-run.
+    # adapt, then the teacher logits, which come out byte-identical: nothing after re-runs.
     set_params(project, adapt={"log_every": 2})
     assert dagster_unsynced(project, instance) == {"adapt"} == dvc_changed(project)
     assert dvc_repro(project) == {"adapt", "teacher_logits"}
     set_params(project, adapt={"optimizer": {"lr": 0.002}})  # new weights: distill follows
-    assert dvc_repro(project) == {"adapt", "teacher_logits", "distill"}
+    assert dvc_repro(project) == AFTER_ADAPT
     list(sync_to_instance(project, instance))
     assert dagster_unsynced(project, instance) == set() == dvc_changed(project)
 

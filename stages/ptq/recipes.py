@@ -98,7 +98,11 @@ def cpu_pinning_off() -> Iterator[None]:
 def quantize(model, method: str, rows: torch.Tensor, p: Params) -> None:
     """Apply `method` to `model` in place, calibrating on `rows` (sequences x tokens)."""
     from datasets import Dataset
-    from llmcompressor import oneshot
+    from llmcompressor import LoggerConfig, configure_logger, oneshot
+
+    # errors only (LLM_COMPRESSOR_LOG_LEVEL overrides): on CPU it warns once per module that
+    # no accelerator is present; the stage logs each method's result itself
+    configure_logger(LoggerConfig(console_log_level="ERROR"))
 
     data = Dataset.from_dict({"input_ids": rows.tolist(),
                               "attention_mask": torch.ones_like(rows).tolist()})

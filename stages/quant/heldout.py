@@ -49,3 +49,25 @@ def score(model: nn.Module, evals: dict[str, EvalSet], micro: int) -> dict[str, 
 
     out = evaluate_model(CausalLMScorer(model).eval(), evals, micro)
     return {k: v for k, v in out.items() if not k.endswith("_ppl")}
+
+
+@torch.no_grad()
+def divergence(reference: nn.Module, model: nn.Module, evals: dict[str, EvalSet], micro: int
+               ) -> dict[str, float]:
+    """How far `model`'s predictions moved from `reference`'s on each set, whatever either's
+    quality: `<set>_kl`, the mean KL(reference || model) per scored token (nats), and
+    `<set>_top1`, the share of tokens where both predict the same next token. Far more sensitive
+    to quantization error than bits per byte (llama.cpp's `perplexity --kl-divergence`)."""
+    out = {}
+    for key, windows in evals.items():
+        kl, same, count = 0.0, 0, 0
+        for start in range(0, len(windows.inputs), micro):
+            x = windows.inputs[start:start + micro]
+            scored = windows.targets[start:start + micro] != IGNORE
+            p = F.log_softmax(reference(input_ids=x).logits.float()[scored], dim=-1)
+            q = F.log_softmax(model(input_ids=x).logits.float()[scored], dim=-1)
+            kl += F.kl_div(q, p, log_target=True, reduction="sum").item()
+            same += int((p.argmax(-1) == q.argmax(-1)).sum())
+            count += int(scored.sum())
+        out |= {f"{key}_kl": kl / count, f"{key}_top1": same / count}
+    return out
