@@ -68,6 +68,9 @@ def load_quantized(float_dir: Path, q: QuantParams):
 def save_quantized(float_dir: Path, dest: Path, q: QuantParams) -> None:
     """`load_quantized` written to `dest` with the tokenizer: torchao tensors in safetensors,
     which `AutoModelForCausalLM.from_pretrained(dest)` loads as they are."""
+    from stages.quant.ondisk import sort_metadata
+
     load_quantized(float_dir, q).save_pretrained(dest)
+    sort_metadata(dest)
     for f in sorted(float_dir.glob("tokenizer*")):
         shutil.copy2(f, dest / f.name)

@@ -38,3 +38,25 @@ def int_weights(directory: Path) -> dict:
             "storage_bits_per_weight": bits / weights if weights else None,
             "value_range": None if lo is None else [lo, hi],
             "bytes": sum(p.stat().st_size for p in sorted(directory.iterdir()) if p.is_file())}
+
+
+def sort_metadata(directory: Path) -> None:
+    """Rewrite each safetensors header of `directory` with its `__metadata__` in sorted key order.
+    safetensors serialises that map in hash order, which changes from one process to the next:
+    torchao tensors put one entry per weight there, so the same weights gave other bytes. Sorted,
+    they give the same bytes (DVC's early cutoff, byte-identical resume). Tensor data is kept."""
+    import json
+    import struct
+
+    for path in sorted(directory.glob("*.safetensors")):
+        with open(path, "rb") as f:
+            (size,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(size))
+            data = f.read()
+        if "__metadata__" in header:
+            header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)  # the format pads the header to 8 bytes with spaces
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
+        tmp.replace(path)
