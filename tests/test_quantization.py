@@ -175,8 +175,13 @@ def test_qat_resume_after_two_sigkills_is_bit_identical(reproduced_project: Path
                  "control/float/model.safetensors", "training.json"):
         assert (project / OUT / name).read_bytes() == (reference / OUT / name).read_bytes(), name
 
+    # int8 dynamic activations too: the QAT run retrains, the control is only re-quantized
     control = (project / OUT / "control/float/model.safetensors").read_bytes()
-    set_params(project, qat={"quant": {"group_size": 32}})
+    set_params(project, qat={"quant": {"activations": "int8_dynamic"}})
     metrics = run_stage("qat", project)
-    assert metrics["resumed_from_step"] == 0 and metrics["quant"]["group_size"] == 32
+    assert metrics["resumed_from_step"] == 0 and metrics["quant"]["activations"] == "int8_dynamic"
     assert (project / OUT / "control/float/model.safetensors").read_bytes() == control
+    for sub in ("", "control"):
+        model = AutoModelForCausalLM.from_pretrained(project / OUT / sub)
+        assert model.model.layers[0].mlp.up_proj.weight.activation_quantization == (
+            "int8_asym_per_token")
