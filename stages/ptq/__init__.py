@@ -79,11 +79,10 @@ def run(params: Params, ctx: StageContext) -> dict:
                 shutil.copy2(f, dest / f.name)
             stored = load_hf(dest).eval()  # what a user loads
             table[method] = (score(stored, evals, micro)
-                             | divergence(reference, stored, evals, micro)
-                             | int_weights(dest) | {"seconds": round(seconds, 2)})
-            ctx.log.info("%s %s: eval_bpb %.4f (fp32 %.4f), KL to fp32 %.5f nats/token", name,
-                         method, table[method]["eval_bpb"], table["fp32"]["eval_bpb"],
-                         table[method]["eval_kl"])
+                             | divergence(reference, stored, evals, micro) | int_weights(dest))
+            ctx.log.info("%s %s in %.1f s: eval_bpb %.4f (fp32 %.4f), KL to fp32 %.2e nats/token",
+                         name, method, seconds, table[method]["eval_bpb"],
+                         table["fp32"]["eval_bpb"], table[method]["eval_kl"])
         tables[name] = table
     s = params.scheme
     plot_bpb(tables, ctx.out(f"{REPORTS}/bpb.png"), f"int{s.bits} g{s.group_size}")
