@@ -50,3 +50,27 @@ def kill_after_checkpoint(root: Path, stage: str, checkpoints: str, newer_than: 
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     return read_state(done[-1])["step"]
+
+
+def resume_pair(src: Path, tmp: Path, stage: str, checkpoints: str, out: str,
+                **sections) -> tuple[Path, Path]:
+    """For a resume test: a copy of `src` without the stage's checkpoints and output and with
+    `sections` merged into its params, and a reference copy of it where the stage ran
+    uninterrupted. Returns (project, reference)."""
+    import shutil
+
+    from stages.runner import run_stage
+    from tests.conftest import copy_tree, set_params
+
+    project = copy_tree(src, tmp / "project")
+    shutil.rmtree(project / checkpoints)
+    shutil.rmtree(project / out)
+    set_params(project, **sections)
+    reference = copy_tree(project, tmp / "reference")
+    run_stage(stage, reference)
+    return project, reference
+
+
+def assert_same_bytes(a: Path, b: Path, names: tuple[str, ...]) -> None:
+    for name in names:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name

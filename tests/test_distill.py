@@ -108,13 +108,10 @@ def test_student_converts_to_gguf_and_llama_cpp_computes_the_same(distilled, tmp
 def test_resume_after_two_sigkills_is_bit_identical_and_kd_edits_keep_the_baseline(
         distilled, tmp_path: Path):
     """One kill in the baseline's run, one in the KD student's: both resume exactly."""
-    project = copy_tree(distilled[0], tmp_path / "project")
-    shutil.rmtree(project / CHECKPOINTS)
-    shutil.rmtree(project / OUT)
-    set_params(project, distill={"train_tokens": 40 * 512, "eval": {"every_steps": 20},
-                                 "checkpoint": {"every_steps": 5}})
-    reference = copy_tree(project, tmp_path / "reference")
-    run_stage("distill", reference)
+    project, reference = stage_process.resume_pair(
+        distilled[0], tmp_path, "distill", CHECKPOINTS, OUT,
+        distill={"train_tokens": 40 * 512, "eval": {"every_steps": 20},
+                 "checkpoint": {"every_steps": 5}})
 
     first = stage_process.kill_after_checkpoint(project, "distill", f"{CHECKPOINTS}/baseline", 0)
     second = stage_process.kill_after_checkpoint(project, "distill", f"{CHECKPOINTS}/kd", 0)
@@ -122,9 +119,9 @@ def test_resume_after_two_sigkills_is_bit_identical_and_kd_edits_keep_the_baseli
     assert not (project / OUT).exists()  # a killed run never publishes its output
     metrics = stage_process.run_ok(project, "distill")
     assert metrics["resumed_from_step"] >= second and metrics["baseline_resumed_from_step"] == 40
-    for name in ("model.safetensors", "training.json", "baseline/model.safetensors",
-                 "baseline/training.json"):
-        assert (project / OUT / name).read_bytes() == (reference / OUT / name).read_bytes(), name
+    stage_process.assert_same_bytes(project / OUT, reference / OUT, (
+        "model.safetensors", "training.json", "baseline/model.safetensors",
+        "baseline/training.json"))
 
     # a KD edit: the baseline's identity leaves KD out, so its finished run is resumed, not redone
     baseline = (project / OUT / "baseline/model.safetensors").read_bytes()

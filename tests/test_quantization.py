@@ -11,7 +11,6 @@ and upstream up to date in DVC and Dagster alike is checked in tests/test_parity
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -157,13 +156,10 @@ def test_qat_resume_after_two_sigkills_is_bit_identical(reproduced_project: Path
                                                        tmp_path: Path):
     """One kill in the control's run, one in the QAT run: both resume exactly. A quantization
     edit then retrains the QAT run only (the control's identity leaves `quant` out)."""
-    project = copy_tree(reproduced_project, tmp_path / "project")
-    shutil.rmtree(project / CHECKPOINTS)
-    shutil.rmtree(project / OUT)
-    set_params(project, qat={"train_tokens": 30 * 512, "eval": {"every_steps": 15},
-                             "checkpoint": {"every_steps": 4}})
-    reference = copy_tree(project, tmp_path / "reference")
-    run_stage("qat", reference)
+    project, reference = stage_process.resume_pair(
+        reproduced_project, tmp_path, "qat", CHECKPOINTS, OUT,
+        qat={"train_tokens": 30 * 512, "eval": {"every_steps": 15},
+             "checkpoint": {"every_steps": 4}})
 
     first = stage_process.kill_after_checkpoint(project, "qat", f"{CHECKPOINTS}/control", 0)
     second = stage_process.kill_after_checkpoint(project, "qat", f"{CHECKPOINTS}/qat", 0)
@@ -171,9 +167,9 @@ def test_qat_resume_after_two_sigkills_is_bit_identical(reproduced_project: Path
     assert not (project / OUT).exists()  # a killed run never publishes its output
     metrics = stage_process.run_ok(project, "qat")
     assert metrics["resumed_from_step"] >= second
-    for name in ("model.safetensors", "float/model.safetensors", "control/model.safetensors",
-                 "control/float/model.safetensors", "training.json"):
-        assert (project / OUT / name).read_bytes() == (reference / OUT / name).read_bytes(), name
+    stage_process.assert_same_bytes(project / OUT, reference / OUT, (
+        "model.safetensors", "float/model.safetensors", "control/model.safetensors",
+        "control/float/model.safetensors", "training.json"))
 
     # int8 dynamic activations too: the QAT run retrains, the control is only re-quantized
     control = (project / OUT / "control/float/model.safetensors").read_bytes()
