@@ -173,20 +173,26 @@ def materialize_stage(
             raise RuntimeError(f"{stage.name}: dvc.lock does not match after commit: {fp.reasons}")
     else:
         context.log.info(f"{stage.name}: dvc.lock matches code, params and inputs; not re-run")
+    metadata = result_metadata(stage, root, fp.data_version, executed)
+    metadata["stage_seconds"] = round(stage_seconds, 3)
+    metadata["orchestration_seconds"] = round(time.monotonic() - started - stage_seconds, 3)
+    return MaterializeResult(data_version=DataVersion(fp.data_version), metadata=metadata)
+
+
+def result_metadata(stage: Stage, root: Path, data_version: str, executed: bool) -> dict[str, Any]:
+    """What a stage's result shows in Dagster, whichever front end ran it (`sync` records the
+    same for `dvc repro`'s runs): output size and files, DVC md5, metrics, plots inline."""
     size, nfiles = _out_stats(root / stage.out)
-    metadata: dict[str, Any] = {
+    return {
         "executed": executed,
         "out": MetadataValue.path(stage.out),
         "out_bytes": size,
         "out_files": nfiles,
-        "dvc_md5": fp.data_version,
-        "stage_seconds": round(stage_seconds, 3),
+        "dvc_md5": data_version,
         "cmd": stage.cmd,
         **_metrics(stage, root),
         **_plot_metadata(stage, root),
     }
-    metadata["orchestration_seconds"] = round(time.monotonic() - started - stage_seconds, 3)
-    return MaterializeResult(data_version=DataVersion(fp.data_version), metadata=metadata)
 
 
 def build_stage_asset(stage: Stage, root: Path, raw_params: dict[str, Any]):
@@ -238,6 +244,17 @@ def _metric_result(stage: Stage, check: MetricCheck, root: Path) -> AssetCheckRe
     )
 
 
+def check_result(stage: Stage, name: str, root: Path, lock, raw) -> AssetCheckResult:
+    """The asset check `name` of `stage` (what the UI runs and what `sync` records)."""
+    if name == SYNC_CHECK:
+        return _sync_result(stage, root, lock, raw)
+    return _metric_result(stage, next(c for c in stage.checks if c.name == name), root)
+
+
+def check_names(stage: Stage) -> list[str]:
+    return [SYNC_CHECK, *(c.name for c in stage.checks)]
+
+
 def build_checks(root: Path):
     """Per asset: is dvc.lock in sync (and if not, why), plus the stage's declared metric checks."""
     specs = [
@@ -260,12 +277,7 @@ def build_checks(root: Path):
         raw = params_mod.read_params(root)
         by_name = {s.name: s for s in STAGES}
         for key in context.selected_asset_check_keys:
-            stage = by_name[key.asset_key.to_user_string()]
-            if key.name == SYNC_CHECK:
-                yield _sync_result(stage, root, lock, raw)
-            else:
-                check = next(c for c in stage.checks if c.name == key.name)
-                yield _metric_result(stage, check, root)
+            yield check_result(by_name[key.asset_key.to_user_string()], key.name, root, lock, raw)
 
     return stage_checks
 

@@ -21,7 +21,7 @@ from dagster import (
 )
 
 from assets.stage_assets import StageRunConfig, build_checks, build_stage_assets
-from orchestration.sync import pending_materializations
+from orchestration.sync import pending_events
 from stages import params as params_mod
 
 REFRESH_SCHEDULE = "corpus_refresh"
@@ -57,10 +57,11 @@ def build_definitions(root: Path) -> Definitions:
         name=SYNC_SENSOR,
         minimum_interval_seconds=30,
         default_status=DefaultSensorStatus.RUNNING,
-        description="Records stages that `dvc repro` ran outside Dagster (reads dvc.lock).",
+        description="Records stages that `dvc repro` ran outside Dagster (reads dvc.lock), "
+        "with their metadata and asset checks.",
     )
     def dvc_lock_sync(context: SensorEvaluationContext) -> SensorResult:
-        return SensorResult(asset_events=pending_materializations(root, context.instance))
+        return SensorResult(asset_events=pending_events(root, context.instance))
 
     return Definitions(
         assets=build_stage_assets(root),

@@ -118,3 +118,34 @@ def test_metric_tables_become_markdown_and_plot_names_keep_their_folder(tmp_path
         "| | eval_bpb | bytes | eval_kl |", "|---|---|---|---|",
         "| fp32 | 3.0509 | 10 |  |", "| rtn |  |  | 0.000123 |"]
     assert {"plot/loss", "plot/control/loss"} <= set(_plot_metadata(s, tmp_path))
+
+
+def test_sync_records_what_a_ui_materialization_shows(reproduced: Path, tmp_path: Path):
+    """`dvc repro` ran every stage: `orchestration sync` records each with the metadata a
+    materialization from the UI carries (metrics, tables, plots inline, size) and the same asset
+    checks, passed."""
+    from dagster import AssetCheckKey, AssetKey
+    from dagster._core.storage.asset_check_execution_record import (
+        AssetCheckExecutionRecordStatus,
+    )
+
+    from assets.stage_assets import check_names
+    from orchestration.sync import sync_to_instance
+    from stages.registry import stage
+
+    synced, ui = temp_instance(tmp_path / "synced"), temp_instance(tmp_path / "ui")
+    list(sync_to_instance(reproduced, synced))
+    assets = build_definitions(reproduced).assets
+    for name in ("dedup", "ptq"):
+        materialize(assets, instance=ui, selection=AssetSelection.assets(name))
+        by_sync, by_ui = (i.get_latest_materialization_event(AssetKey(name)).asset_materialization
+                          .metadata for i in (synced, ui))
+        assert set(by_sync) - {"source"} == set(by_ui) - {"stage_seconds", "orchestration_seconds"}
+        assert any(k.startswith("plot/") for k in by_sync) and by_sync["out_bytes"].value > 0
+        for key in (k for k in by_ui if k.startswith(("metric/", "plot/", "out_"))):
+            assert by_sync[key] == by_ui[key], key
+        for check in check_names(stage(name)):
+            record = synced.get_latest_asset_check_evaluation_record(
+                AssetCheckKey(AssetKey(name), check))
+            assert record.status == AssetCheckExecutionRecordStatus.SUCCEEDED, (name, check)
+

@@ -127,12 +127,18 @@ def test_dvc_first(reproduced: Path, tmp_path: Path):
 
 
 def test_sync_sensor_reports_dvc_runs(project: Path, tmp_path: Path):
-    from dagster import build_sensor_context
+    from dagster import AssetCheckEvaluation, AssetMaterialization, build_sensor_context
 
+    from assets.stage_assets import check_names
     from orchestration.definitions import SYNC_SENSOR, build_definitions
 
     instance = temp_instance(tmp_path / "dagster_home")
     dvc_repro(project, "ingest")
     sensor = build_definitions(project).get_sensor_def(SYNC_SENSOR)
     result = sensor(build_sensor_context(instance=instance))
-    assert [e.asset_key.to_user_string() for e in result.asset_events] == ["ingest"]
+    mats = [e for e in result.asset_events if isinstance(e, AssetMaterialization)]
+    checks = [e for e in result.asset_events if isinstance(e, AssetCheckEvaluation)]
+    assert [e.asset_key.to_user_string() for e in mats] == ["ingest"]
+    assert mats[0].metadata["metric/read"].value > 0  # what a UI materialization shows
+    assert [(c.asset_key.to_user_string(), c.check_name, c.passed) for c in checks] == [
+        ("ingest", name, True) for name in check_names(stage("ingest"))]
