@@ -1,4 +1,4 @@
-"""llama.cpp interop: GGUF conversion with its own converter, its inference for parity checks.
+"""llama.cpp interop: GGUF conversion with its own converter, its quantizer, its inference.
 
 The converter (`convert_hf_to_gguf.py`, its `conversion/` package and the `gguf-py` beside it)
 comes from the llama-cpp-python source distribution that `scripts/setup_llama_cpp.sh` unpacks
@@ -56,12 +56,81 @@ def convert(model_dir: str | Path, out: str | Path, outtype: str = "f32") -> Pat
     return out
 
 
-def logits(gguf_path: str | Path, ids: list[int], threads: int = 1) -> np.ndarray:
-    """Logits (len(ids), vocab) that llama.cpp computes for the token ids, one batch, no BOS."""
+def quantize(src: str | Path, out: str | Path, qtype: str, threads: int = 1) -> int:
+    """`llama_model_quantize` of the GGUF `src` to llama.cpp file type `qtype` (e.g. Q4_K_M) at
+    `out`, in a subprocess (the library prints every tensor). Returns how many tensors fell back
+    to another type because their row size does not fit the type's block (K-quants need rows of
+    256)."""
+    out = Path(out)
+    atomic.sweep(out)
+    tmp = atomic.tmp_path(out)
+    code = ("import ctypes, sys, llama_cpp as L\n"
+            "p = L.llama_model_quantize_default_params()\n"
+            "p.ftype = getattr(L, 'LLAMA_FTYPE_MOSTLY_' + sys.argv[3])\n"
+            "p.nthread = int(sys.argv[4])\n"
+            "sys.exit(L.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), "
+            "ctypes.byref(p)))")
+    proc = subprocess.run([sys.executable, "-c", code, str(src), str(tmp), qtype, str(threads)],
+                          capture_output=True, text=True)
+    if proc.returncode:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError(f"llama.cpp quantization of {src} to {qtype} failed "
+                           f"({proc.returncode}):\n{(proc.stdout + proc.stderr)[-4000:]}")
+    atomic.fsync(tmp)
+    atomic.publish(tmp, out)
+    return sum("falling back" in line for line in (proc.stdout + proc.stderr).splitlines())
+
+
+def load(gguf_path: str | Path, **kwargs):
+    """`llama_cpp.Llama` on the file, quiet, with llama.cpp's CPU weight-repacking buffers off:
+    in this build (0.3.36, compiled for the AVX-512 machine it runs on) decoding any quantized
+    GGUF (Q8_0, Q6_K, Q4_K_M, Q4_0, also the converter's own q8_0) with repacked weights crashes
+    the process (SIGSEGV); without them it runs. Repacking changes only the speed of the
+    quantized matmuls, not their results."""
+    import llama_cpp
     from llama_cpp import Llama
 
-    llm = Llama(model_path=str(gguf_path), n_ctx=max(len(ids), 8), n_batch=len(ids),
-                logits_all=True, n_threads=threads, verbose=False)
+    default = llama_cpp.llama_cpp.llama_model_default_params
+
+    def params():
+        p = default()
+        p.use_extra_bufts = False
+        return p
+
+    llama_cpp.llama_cpp.llama_model_default_params = params
+    try:
+        return Llama(model_path=str(gguf_path), verbose=False, **kwargs)
+    finally:
+        llama_cpp.llama_cpp.llama_model_default_params = default
+
+
+def generate(gguf_path: str | Path, ids: list[int], n: int, threads: int = 1) -> list[int]:
+    """`n` greedy tokens llama.cpp generates after the token ids (no BOS)."""
+    llm = load(gguf_path, n_ctx=len(ids) + n + 8, n_threads=threads)
+    try:
+        out = []
+        for token in llm.generate(ids, top_k=1, temp=0.0, reset=True):
+            out.append(int(token))
+            if len(out) == n:
+                break
+        return out
+    finally:
+        llm.close()
+
+
+def metadata(gguf_path: str | Path) -> dict[str, str]:
+    """The GGUF file's key/value metadata as llama.cpp reads it."""
+    llm = load(gguf_path, vocab_only=True)
+    try:
+        return dict(llm.metadata)
+    finally:
+        llm.close()
+
+
+def logits(gguf_path: str | Path, ids: list[int], threads: int = 1) -> np.ndarray:
+    """Logits (len(ids), vocab) that llama.cpp computes for the token ids, one batch, no BOS."""
+    llm = load(gguf_path, n_ctx=max(len(ids), 8), n_batch=len(ids), logits_all=True,
+               n_threads=threads)
     try:
         llm.eval(ids)
         return np.array(llm.scores[:len(ids)], dtype=np.float32)
@@ -71,9 +140,7 @@ def logits(gguf_path: str | Path, ids: list[int], threads: int = 1) -> np.ndarra
 
 def tokenize(gguf_path: str | Path, text: str) -> list[int]:
     """llama.cpp's tokenization of `text` (no BOS, special tokens as plain text)."""
-    from llama_cpp import Llama
-
-    llm = Llama(model_path=str(gguf_path), vocab_only=True, verbose=False)
+    llm = load(gguf_path, vocab_only=True)
     try:
         return llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
     finally:

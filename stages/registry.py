@@ -441,6 +441,23 @@ STAGES: tuple[Stage, ...] = (
                 lambda m: m["goals"].get("no_expert_uncalibrated", True),
             ),
         ),
+    ),    Stage(
+        name="gguf",
+        description="GGUF files of the student, the QAT student and the MoE checkpoints, in "
+        "llama.cpp's quant types, each checked in llama.cpp.",
+        code=("stages/gguf", "stages/llama_cpp.py", "stages/model/hf.py",
+              "stages/train/batches.py", "stages/tokenize/pack.py"),
+        deps=("data/distill", "data/qat", "data/pretrain", "data/adapt", "data/tokenize"),
+        params=("gguf",),
+        out="data/gguf",
+        metrics=("reports/gguf/metrics.json",),
+        checks=(
+            MetricCheck(
+                "full_precision_matches",
+                "every full-precision GGUF reproduces its model's logits within tolerance",
+                lambda m: all(v["logits_max_abs_diff"] <= 1e-2 for v in m["models"].values()),
+            ),
+        ),
     ),
 )
 

@@ -28,9 +28,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("eager_stages")]
 ALL = {s.name for s in STAGES}
 # A filter threshold is also synth's (its QC applies filter's rules to generated text).
 EDITED = {"filter", "synth"}
-TRAINING = ("pretrain", "refine", "adapt", "teacher_logits", "distill", "qat", "ptq")
-# What a new adapted model re-runs (qat and ptq score on its domain held-out set, ptq quantizes it).
-AFTER_ADAPT = {"adapt", "teacher_logits", "distill", "qat", "ptq"}
+TRAINING = ("pretrain", "refine", "adapt", "teacher_logits", "distill", "qat", "ptq", "gguf")
+# What a new adapted model re-runs (qat and ptq score on its domain held-out set, ptq and gguf
+# quantize it).
+AFTER_ADAPT = {"adapt", "teacher_logits", "distill", "qat", "ptq", "gguf"}
 AFTER_FILTER = ("dedup", "mix", "tokenize", *TRAINING)
 # A threshold no document of the tiny corpus is near: filter re-runs, its output bytes stay.
 NOOP_EDIT = {"filter": {"gopher_quality": {"max_words": 100_001}}}
@@ -96,24 +97,28 @@ def test_dvc_first(reproduced: Path, tmp_path: Path):
     set_params(project, mix={"synthetic_fraction": before})
     assert dagster_unsynced(project, instance) == set() == dvc_changed(project)
 
-    # A ptq edit stales exactly `ptq`: qat, distill and everything upstream stay up to date.
+    # A ptq edit stales exactly `ptq`: qat, distill and everything upstream stay up to date; the
+    # list of llama.cpp quant types stales exactly `gguf`.
     set_params(project, ptq={"scheme": {"group_size": 32}})
     assert dagster_unsynced(project, instance) == {"ptq"} == dvc_changed(project)
-    set_params(project, ptq={"scheme": {"group_size": TINY["ptq"]["scheme"]["group_size"]}})
+    set_params(project, ptq={"scheme": {"group_size": TINY["ptq"]["scheme"]["group_size"]}},
+               gguf={"quant_types": ["Q6_K"]})
+    assert dagster_unsynced(project, instance) == {"gguf"} == dvc_changed(project)
+    set_params(project, gguf={"quant_types": TINY["gguf"]["quant_types"]})
     assert dagster_unsynced(project, instance) == set() == dvc_changed(project)
 
     # A student hyperparameter stales only `distill` (and what reads the student): the
     # teacher's top-k logits stay cached.
     set_params(project, distill={"kd": {"temperature": 2.0}})
     assert dagster_unsynced(project, instance) == {"distill"} == dvc_changed(project)
-    assert dvc_repro(project) == {"distill", "qat", "ptq"}
+    assert dvc_repro(project) == {"distill", "qat", "ptq", "gguf"}
     list(sync_to_instance(project, instance))
     # An adapt edit that leaves the adapted weights' bytes as they were (the log cadence) re-runs
     # adapt, then the teacher logits, which come out byte-identical: distill does not re-run.
-    # (qat and ptq read adapt's whole output, whose training.json records the edit.)
+    # (qat, ptq and gguf read adapt's whole output, whose training.json records the edit.)
     set_params(project, adapt={"log_every": 2})
     assert dagster_unsynced(project, instance) == {"adapt"} == dvc_changed(project)
-    assert dvc_repro(project) == {"adapt", "teacher_logits", "qat", "ptq"}
+    assert dvc_repro(project) == {"adapt", "teacher_logits", "qat", "ptq", "gguf"}
     set_params(project, adapt={"optimizer": {"lr": 0.002}})  # new weights: distill follows
     assert dvc_repro(project) == AFTER_ADAPT
     list(sync_to_instance(project, instance))
