@@ -41,19 +41,18 @@ def convert(model_dir: str | Path, out: str | Path, outtype: str = "f32") -> Pat
     """Convert a transformers checkpoint (weights + tokenizer) to one GGUF file at `out`."""
     if outtype not in OUTTYPES:
         raise ValueError(f"outtype must be one of {OUTTYPES}, got {outtype!r}")
-    out = Path(out)
-    atomic.sweep(out)
-    tmp = atomic.tmp_path(out)
-    cmd = [sys.executable, "-m", "stages.llama_cpp", str(converter_dir()), str(model_dir),
-           "--outfile", str(tmp), "--outtype", outtype]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode:
-        tmp.unlink(missing_ok=True)
-        raise RuntimeError(f"GGUF conversion of {model_dir} failed ({proc.returncode}):\n"
-                           f"{proc.stderr[-4000:]}")
-    atomic.fsync(tmp)
-    atomic.publish(tmp, out)
-    return out
+    _write(out, lambda tmp: ["-m", "stages.llama_cpp", str(converter_dir()), str(model_dir),
+                             "--outfile", str(tmp), "--outtype", outtype],
+           f"GGUF conversion of {model_dir}")
+    return Path(out)
+
+
+QUANTIZE = """import ctypes, sys, llama_cpp as L
+p = L.llama_model_quantize_default_params()
+p.ftype = getattr(L, 'LLAMA_FTYPE_MOSTLY_' + sys.argv[3])
+p.nthread = int(sys.argv[4])
+sys.exit(L.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), ctypes.byref(p)))
+"""
 
 
 def quantize(src: str | Path, out: str | Path, qtype: str, threads: int = 1) -> int:
@@ -61,24 +60,25 @@ def quantize(src: str | Path, out: str | Path, qtype: str, threads: int = 1) -> 
     `out`, in a subprocess (the library prints every tensor). Returns how many tensors fell back
     to another type because their row size does not fit the type's block (K-quants need rows of
     256)."""
+    log = _write(out, lambda tmp: ["-c", QUANTIZE, str(src), str(tmp), qtype, str(threads)],
+                 f"llama.cpp quantization of {src} to {qtype}")
+    return sum("falling back" in line for line in log.splitlines())
+
+
+def _write(out: str | Path, args, what: str) -> str:
+    """Run `python <args(tmp)>`, which writes the file `tmp`; publish it at `out` when the
+    process succeeds (a failure leaves nothing). Returns the process's output."""
     out = Path(out)
     atomic.sweep(out)
     tmp = atomic.tmp_path(out)
-    code = ("import ctypes, sys, llama_cpp as L\n"
-            "p = L.llama_model_quantize_default_params()\n"
-            "p.ftype = getattr(L, 'LLAMA_FTYPE_MOSTLY_' + sys.argv[3])\n"
-            "p.nthread = int(sys.argv[4])\n"
-            "sys.exit(L.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), "
-            "ctypes.byref(p)))")
-    proc = subprocess.run([sys.executable, "-c", code, str(src), str(tmp), qtype, str(threads)],
-                          capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, *args(tmp)], capture_output=True, text=True)
+    log = proc.stdout + proc.stderr
     if proc.returncode:
         tmp.unlink(missing_ok=True)
-        raise RuntimeError(f"llama.cpp quantization of {src} to {qtype} failed "
-                           f"({proc.returncode}):\n{(proc.stdout + proc.stderr)[-4000:]}")
+        raise RuntimeError(f"{what} failed ({proc.returncode}):\n{log[-4000:]}")
     atomic.fsync(tmp)
     atomic.publish(tmp, out)
-    return sum("falling back" in line for line in (proc.stdout + proc.stderr).splitlines())
+    return log
 
 
 def load(gguf_path: str | Path, **kwargs):
