@@ -52,6 +52,9 @@ def run(params: Params, ctx: StageContext) -> dict:
         check_group_size(load_hf(sources[name]), params.scheme.group_size, sources[name])
     out = ctx.out(OUT)
     ids, rows = calibration_rows(Split.open(tokens / "train"), params.calibration, ctx.base.seed)
+    if len(ids) < params.calibration.samples:
+        ctx.log.warning("calibrating on all %d clean training rows: fewer than "
+                        "ptq.calibration.samples (%d)", len(ids), params.calibration.samples)
     atomic.write_json(out / "calibration.json", {
         "split": f"{TOKENS}/train", "rows": ids.tolist(), "seq_len": rows.shape[1],
         "tokens": rows.numel()})
@@ -86,7 +89,8 @@ def run(params: Params, ctx: StageContext) -> dict:
         tables[name] = table
     s = params.scheme
     plot_bpb(tables, ctx.out(f"{REPORTS}/bpb.png"), f"int{s.bits} g{s.group_size}")
-    return {"scheme": params.scheme.model_dump(), "calibration_tokens": rows.numel(),
+    return {"scheme": params.scheme.model_dump(), "calibration_rows": len(ids),
+            "calibration_tokens": rows.numel(),
             **tables, "experts": experts, "goals": goals(tables, experts)}
 
 

@@ -14,16 +14,18 @@ STREAM = 7  # the calibration sample's own seeded stream (seed, STREAM)
 def calibration_rows(train: Split, p: CalibrationParams, seed: int
                      ) -> tuple[np.ndarray, torch.Tensor]:
     """A seeded sample of `p.samples` packed training rows whose first `p.seq_len` tokens hold
-    no padding: (their sorted row indices, the token prefixes as a long tensor)."""
+    no padding (all of them if the corpus has fewer: the caller reports how many): (their sorted
+    row indices, the token prefixes as a long tensor)."""
     if p.seq_len > train.seq_len:
         raise ValueError(f"ptq.calibration.seq_len {p.seq_len} exceeds the packed sequence length "
                          f"{train.seq_len} of {train.dir}; lower it")
     prefixes = np.asarray(train.tokens[:, :p.seq_len])
     clean = np.flatnonzero((prefixes != int(train.index["pad_id"])).all(axis=1))
-    if len(clean) < p.samples:
-        raise ValueError(f"ptq.calibration.samples {p.samples}: {train.dir} has only {len(clean)} "
-                         f"rows without padding in their first {p.seq_len} tokens; lower it")
-    ids = np.sort(np.random.default_rng([seed, STREAM]).choice(clean, p.samples, replace=False))
+    if not len(clean):
+        raise ValueError(f"{train.dir} has no row without padding in its first {p.seq_len} "
+                         "tokens to calibrate on; lower ptq.calibration.seq_len")
+    n = min(p.samples, len(clean))
+    ids = np.sort(np.random.default_rng([seed, STREAM]).choice(clean, n, replace=False))
     return ids, torch.from_numpy(prefixes[ids].astype(np.int64))
 
 
