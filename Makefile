@@ -20,7 +20,7 @@ dagster-home:
 
 # The main job: the whole pipeline on the built-in offline corpus (demo profile in params.yaml),
 # then record the result in Dagster so the UI shows everything materialized.
-pipeline: setup dagster-home
+pipeline: setup llama-cpp dagster-home
 	dvc repro
 	python -m orchestration sync
 	python -m orchestration why

@@ -14,6 +14,7 @@ retry logs which signal it was; pretrain resumes from its last checkpoint. Any o
 
 import base64
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,25 @@ def _plot_metadata(stage: Stage, root: Path) -> dict[str, Any]:
     return out
 
 
+def _document_metadata(stage: Stage, root: Path) -> dict[str, Any]:
+    """Markdown reports (`report/<name>`) with the PNGs they link to inline, and by path."""
+    out: dict[str, Any] = {}
+    for rel in stage.documents:
+        path = root / rel
+        if not path.exists():
+            continue
+        stem = Path(rel).with_suffix("").as_posix().removeprefix(f"reports/{stage.name}/")
+
+        def inline(m: re.Match, folder: Path = path.parent) -> str:
+            image = folder / m.group(2)
+            return _png_markdown(m.group(1), image) if image.is_file() else m.group(0)
+
+        text = re.sub(r"!\[([^\]]*)\]\(([^):]+\.png)\)", inline, path.read_text())
+        out[f"report/{stem}"] = MetadataValue.md(text)
+        out[f"report_path/{stem}"] = MetadataValue.path(rel)
+    return out
+
+
 def _run_or_retry(
     context: AssetExecutionContext, stage: Stage, root: Path, orch: params_mod.Orchestration
 ) -> float:
@@ -181,7 +201,8 @@ def materialize_stage(
 
 def result_metadata(stage: Stage, root: Path, data_version: str, executed: bool) -> dict[str, Any]:
     """What a stage's result shows in Dagster, whichever front end ran it (`sync` records the
-    same for `dvc repro`'s runs): output size and files, DVC md5, metrics, plots inline."""
+    same for `dvc repro`'s runs): output size and files, DVC md5, metrics, plots and reports
+    inline."""
     size, nfiles = _out_stats(root / stage.out)
     return {
         "executed": executed,
@@ -192,6 +213,7 @@ def result_metadata(stage: Stage, root: Path, data_version: str, executed: bool)
         "cmd": stage.cmd,
         **_metrics(stage, root),
         **_plot_metadata(stage, root),
+        **_document_metadata(stage, root),
     }
 
 

@@ -17,6 +17,8 @@ def stage_entry(stage: Stage, root: Path) -> dict:
         entry["params"] = list(stage.params)
     # Checkpoints are state, not data: kept across runs, not stored in the DVC cache.
     entry["outs"] = [stage.out] + [{p: {"persist": True, "cache": False}} for p in stage.persist]
+    # Reports are read in git, like metrics.
+    entry["outs"] += [{d: {"cache": False}} for d in stage.documents]
     if stage.metrics:
         entry["metrics"] = [{m: {"cache": False}} for m in stage.metrics]
     if stage.plots:

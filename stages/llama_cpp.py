@@ -12,7 +12,9 @@ temporary name and renamed when complete.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -102,6 +104,38 @@ def load(gguf_path: str | Path, **kwargs):
         return Llama(model_path=str(gguf_path), verbose=False, **kwargs)
     finally:
         llama_cpp.llama_cpp.llama_model_default_params = default
+
+
+@contextlib.contextmanager
+def captured_log():
+    """llama.cpp's log lines while the block runs, in a list (llama-cpp-python's own handler,
+    which prints them only when verbose, is restored after)."""
+    import ctypes
+
+    import llama_cpp
+    from llama_cpp import _logger
+
+    lines: list[str] = []
+
+    @llama_cpp.llama_log_callback
+    def collect(level, text, user_data):
+        lines.append(text.decode("utf-8", "replace"))
+
+    llama_cpp.llama_log_set(collect, ctypes.c_void_p(0))
+    try:
+        yield lines
+    finally:
+        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+
+
+def kv_cache_bytes(log: list[str]) -> int:
+    """The K and V cache sizes llama.cpp logged when it allocated a context (`K (q8_0): 0.53
+    MiB, V (q8_0): 0.53 MiB`), in bytes."""
+    text = "".join(log)
+    sizes = re.findall(r"\b[KV] \([a-z0-9_]+\):\s*([0-9.]+) MiB", text)
+    if len(sizes) < 2:
+        raise RuntimeError(f"llama.cpp logged no KV cache size:\n{text[-2000:]}")
+    return round(sum(float(x) for x in sizes[-2:]) * 2**20)
 
 
 def generate(gguf_path: str | Path, ids: list[int], n: int, threads: int = 1) -> list[int]:

@@ -54,6 +54,7 @@ class Stage:
     metrics: tuple[str, ...] = ()  # small JSON metrics, kept in git, not in the DVC cache
     plots: tuple[str, ...] = ()  # PNG images or JSON/CSV data plots, kept in git
     plot_x: str | None = None  # x-axis field of the data plots (DVC's default: row index)
+    documents: tuple[str, ...] = ()  # human-readable reports (markdown), kept in git
     persist: tuple[str, ...] = ()  # state kept across runs (resumable checkpoints)
     gpu: bool = False  # runs in the GPU concurrency pool
     checks: tuple[MetricCheck, ...] = ()  # sanity checks on the metrics after each run
@@ -82,7 +83,7 @@ class Stage:
 
     @property
     def all_outs(self) -> tuple[str, ...]:
-        return (self.out, *self.persist, *self.metrics, *self.plots)
+        return (self.out, *self.persist, *self.metrics, *self.plots, *self.documents)
 
 
 STAGES: tuple[Stage, ...] = (
@@ -384,7 +385,8 @@ STAGES: tuple[Stage, ...] = (
                 lambda m: m["tokens_to_target_fraction"] is not None,
             ),
         ),
-    ),    Stage(
+    ),
+    Stage(
         name="qat",
         description="Quantization-aware training of the student (torchao int4), its "
         "full-precision control, both quantized and scored.",
@@ -441,7 +443,8 @@ STAGES: tuple[Stage, ...] = (
                 lambda m: m["goals"].get("no_expert_uncalibrated", True),
             ),
         ),
-    ),    Stage(
+    ),
+    Stage(
         name="gguf",
         description="GGUF files of the student, the QAT student and the MoE checkpoints, in "
         "llama.cpp's quant types, each checked in llama.cpp.",
@@ -456,6 +459,43 @@ STAGES: tuple[Stage, ...] = (
                 "full_precision_matches",
                 "every full-precision GGUF reproduces its model's logits within tolerance",
                 lambda m: all(v["logits_max_abs_diff"] <= 1e-2 for v in m["models"].values()),
+            ),
+        ),
+    ),
+)
+
+
+def lineage_params(*stages: str) -> tuple[str, ...]:
+    """The params keys the named stages declare, in order, without repeats."""
+    by_name = {s.name: s for s in STAGES}
+    return tuple(dict.fromkeys(k for name in stages for k in by_name[name].params))
+
+
+# The report: every model scored the same way; it shows the params that produced each row, so it
+# declares them (an edit to any re-renders it, as the edited stage's new output would anyway).
+STAGES += (
+    Stage(
+        name="evaluate",
+        description="One report comparing every model of the lineage: held-out bits per byte, "
+        "reasoning loss, size, speed, KV-cache types.",
+        code=("stages/evaluate", "stages/quant/heldout.py", "stages/llama_cpp.py",
+              "stages/model", "stages/train/batches.py", "stages/train/loop.py",
+              "stages/train/task.py", "stages/train/sft.py", "stages/train/corpus.py",
+              "stages/tokenize/pack.py"),
+        deps=("data/pretrain", "data/refine", "data/adapt", "data/distill", "data/qat",
+              "data/ptq", "data/gguf", "data/tokenize", "data/synth"),
+        params=("evaluate", *lineage_params("pretrain", "refine", "adapt", "teacher_logits",
+                                            "distill", "qat", "ptq", "gguf")),
+        out="data/evaluate",
+        metrics=("reports/evaluate/metrics.json",),
+        plots=("reports/evaluate/quality_vs_size.png", "reports/evaluate/bpb_by_stage.png"),
+        documents=("reports/evaluate/report.md",),
+        checks=(
+            MetricCheck(
+                "every_model_scored",
+                "every model's general held-out bits per byte is finite",
+                lambda m: all(r["eval_bpb"] == r["eval_bpb"] < float("inf")
+                              for r in m["models"].values()),
             ),
         ),
     ),

@@ -54,11 +54,13 @@ class StageContext:
         return self.root / path
 
     def out(self, path: str) -> Path:
-        """Temporary location for the declared output, a plot, or a path inside the output.
+        """Temporary location for the declared output, a plot, a document, or a path inside the
+        output.
 
         Everything written there is moved into place when the stage succeeds.
         """
-        owner = next((o for o in (self.stage.out, *self.stage.plots) if _within(path, o)), None)
+        owner = next((o for o in (self.stage.out, *self.stage.plots, *self.stage.documents)
+                      if _within(path, o)), None)
         if owner is None:
             raise KeyError(f"{path!r} is not (inside) a declared out of stage {self.stage.name!r}")
         if owner not in self._tmp:
@@ -139,7 +141,7 @@ def run_stage(name: str, root: Path = ROOT) -> dict:
     started = time.monotonic()
     ctx.log.info("running stage %s", name)
     metrics = module.run(models[name], ctx) or {}
-    for path in (st.out, *st.plots):
+    for path in (st.out, *st.plots, *st.documents):
         tmp = ctx._tmp.get(path)
         if tmp is None or not tmp.exists():
             raise RuntimeError(f"stage {name!r} finished without writing its output {path!r}")

@@ -14,8 +14,9 @@ from dagster import AssetSelection
 
 from orchestration import ledger
 from orchestration.sync import pending_materializations, sync_to_instance
+from orchestration.webserver import webserver
 from stages.registry import STAGES, stage
-from tests.conftest import TINY, set_params, temp_instance
+from tests.conftest import set_params, temp_instance
 from tests.pipeline_helpers import (
     dagster_materialize,
     dagster_unsynced,
@@ -28,11 +29,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("eager_stages")]
 ALL = {s.name for s in STAGES}
 # A filter threshold is also synth's (its QC applies filter's rules to generated text).
 EDITED = {"filter", "synth"}
-TRAINING = ("pretrain", "refine", "adapt", "teacher_logits", "distill", "qat", "ptq", "gguf")
+MODELS = ("pretrain", "refine", "adapt", "teacher_logits", "distill", "qat", "ptq", "gguf",
+          "evaluate")
 # What a new adapted model re-runs (qat and ptq score on its domain held-out set, ptq and gguf
-# quantize it).
-AFTER_ADAPT = {"adapt", "teacher_logits", "distill", "qat", "ptq", "gguf"}
-AFTER_FILTER = ("dedup", "mix", "tokenize", *TRAINING)
+# quantize it, evaluate scores everything).
+AFTER_ADAPT = {"adapt", "teacher_logits", "distill", "qat", "ptq", "gguf", "evaluate"}
+AFTER_FILTER = ("dedup", "mix", "tokenize", *MODELS)
 # A threshold no document of the tiny corpus is near: filter re-runs, its output bytes stay.
 NOOP_EDIT = {"filter": {"gopher_quality": {"max_words": 100_001}}}
 # A threshold that removes documents: filter's output changes, so dedup must follow.
@@ -46,10 +48,17 @@ def _rerun_unsynced_and_downstream(root: Path, instance) -> dict[str, bool]:
 
 
 def test_dagster_first(project: Path, tmp_path: Path):
+    # The whole lineage from the UI: one run launched through the real webserver, as the
+    # "Materialize all" button does; DVC then finds every stage up to date.
+    with webserver(project, tmp_path / "dagster_home") as ui:
+        run_id = ui.materialize(sorted(ALL))
+        assert ui.wait(run_id, timeout=1800) == "SUCCESS"
+        assert {name: status for name, (status, _) in ui.staleness().items()} == dict.fromkeys(
+            ALL, "FRESH")
+    assert dvc_changed(project) == set()
     instance = temp_instance(tmp_path / "dagster_home")
-    ran = dagster_materialize(project, instance)
-    assert ran == dict.fromkeys(ALL, True)
-    assert dagster_unsynced(project, instance) == set() == dvc_changed(project)
+    assert dagster_unsynced(project, instance) == set()
+    assert dagster_materialize(project, instance) == dict.fromkeys(ALL, False)
 
     set_params(project, **NOOP_EDIT)
     assert dagster_unsynced(project, instance) == EDITED == dvc_changed(project)
@@ -60,7 +69,7 @@ def test_dagster_first(project: Path, tmp_path: Path):
 
     # A real edit (test_dvc_first makes one upstream; this one is cheaper) re-runs downstream.
     set_params(project, adapt={"optimizer": {"lr": 0.002}})
-    assert dagster_unsynced(project, instance) == {"adapt"} == dvc_changed(project)
+    assert dagster_unsynced(project, instance) == {"adapt", "evaluate"} == dvc_changed(project)
     ran = _rerun_unsynced_and_downstream(project, instance)
     assert ran == dict.fromkeys(AFTER_ADAPT, True)
     assert dagster_unsynced(project, instance) == set() == dvc_changed(project)
@@ -97,38 +106,40 @@ def test_dvc_first(reproduced: Path, tmp_path: Path):
     set_params(project, mix={"synthetic_fraction": before})
     assert dagster_unsynced(project, instance) == set() == dvc_changed(project)
 
-    # A ptq edit stales exactly `ptq`: qat, distill and everything upstream stay up to date; the
-    # list of llama.cpp quant types stales exactly `gguf`.
-    set_params(project, ptq={"scheme": {"group_size": 32}})
-    assert dagster_unsynced(project, instance) == {"ptq"} == dvc_changed(project)
-    set_params(project, ptq={"scheme": {"group_size": TINY["ptq"]["scheme"]["group_size"]}},
-               gguf={"quant_types": ["Q6_K"]})
-    assert dagster_unsynced(project, instance) == {"gguf"} == dvc_changed(project)
-    set_params(project, gguf={"quant_types": TINY["gguf"]["quant_types"]})
-    assert dagster_unsynced(project, instance) == set() == dvc_changed(project)
-
-    # A student hyperparameter stales only `distill` (and what reads the student): the
-    # teacher's top-k logits stay cached.
-    set_params(project, distill={"kd": {"temperature": 2.0}})
-    assert dagster_unsynced(project, instance) == {"distill"} == dvc_changed(project)
-    assert dvc_repro(project) == {"distill", "qat", "ptq", "gguf"}
-    list(sync_to_instance(project, instance))
-    # An adapt edit that leaves the adapted weights' bytes as they were (the log cadence) re-runs
-    # adapt, then the teacher logits, which come out byte-identical: distill does not re-run.
-    # (qat, ptq and gguf read adapt's whole output, whose training.json records the edit.)
-    set_params(project, adapt={"log_every": 2})
-    assert dagster_unsynced(project, instance) == {"adapt"} == dvc_changed(project)
-    assert dvc_repro(project) == {"adapt", "teacher_logits", "qat", "ptq", "gguf"}
-    set_params(project, adapt={"optimizer": {"lr": 0.002}})  # new weights: distill follows
-    assert dvc_repro(project) == AFTER_ADAPT
-    list(sync_to_instance(project, instance))
-    assert dagster_unsynced(project, instance) == set() == dvc_changed(project)
+    # A ptq edit stales exactly `ptq` (and the report, which shows the params of every row):
+    # qat, distill and everything upstream stay up to date; the list of llama.cpp quant types
+    # stales exactly `gguf` and the report. So does a student hyperparameter for `distill`:
+    # the teacher's top-k logits stay cached.
+    for edit, stale in (({"ptq": {"scheme": {"group_size": 32}}}, "ptq"),
+                        ({"gguf": {"quant_types": ["Q6_K"]}}, "gguf"),
+                        ({"distill": {"kd": {"temperature": 2.0}}}, "distill")):
+        original = yaml.safe_load((project / "params.yaml").read_text())
+        set_params(project, **edit)
+        assert dagster_unsynced(project, instance) == {stale, "evaluate"} == dvc_changed(project)
+        set_params(project, **{k: original[k] for k in edit})
+        assert dagster_unsynced(project, instance) == set() == dvc_changed(project)
 
     # A new generator model (a declared input no stage produces) stales exactly `synth`.
-    (project / "models/generator/other-model.gguf").write_bytes(b"GGUF weights of a model")
+    generator = project / "models/generator/other-model.gguf"
+    generator.write_bytes(b"GGUF weights of a model")
     assert dagster_unsynced(project, instance) == {"synth"} == dvc_changed(project)
     assert ledger.fingerprint(stage("synth"), project).reasons == (
         "input changed: models/generator (external)",)
+    generator.unlink()
+
+    # An adapt edit that leaves the adapted weights' bytes as they were (the log cadence) re-runs
+    # adapt, then the teacher logits, which come out byte-identical: distill is not stale.
+    # (qat, ptq, gguf and evaluate read adapt's whole output, whose training.json records it.)
+    set_params(project, adapt={"log_every": 2})
+    assert dagster_unsynced(project, instance) == {"adapt", "evaluate"} == dvc_changed(project)
+    assert dvc_repro(project, "teacher_logits") == {"adapt", "teacher_logits"}
+    list(sync_to_instance(project, instance))
+    after_adapt = {"qat", "ptq", "gguf", "evaluate"}
+    assert dagster_unsynced(project, instance) == after_adapt == dvc_changed(project)
+    set_params(project, adapt={"optimizer": {"lr": 0.002}})  # new weights: distill follows
+    assert dvc_repro(project, "teacher_logits") == {"adapt", "teacher_logits"}
+    list(sync_to_instance(project, instance))
+    assert dagster_unsynced(project, instance) == after_adapt | {"distill"} == dvc_changed(project)
 
 
 def test_sync_sensor_reports_dvc_runs(project: Path, tmp_path: Path):

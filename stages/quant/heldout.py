@@ -4,7 +4,8 @@ The sets are the general held-out slice (ingest's, packed by `tokenize`: `eval`)
 held-out documents (packed by `adapt`: `domain`), windowed by `stages.train.batches.eval_sets`
 and scored by the training loop's own `evaluate`, so a quantized artifact's `eval_bpb` compares
 with every training stage's. A transformers model (fp32, compressed-tensors, torchao) is scored
-through `CausalLMScorer`, which gives it the training model's `(inputs, targets) -> .ce` call.
+through `CausalLMScorer`, a GGUF file in llama.cpp through `GGUFScorer`: both give it the training
+model's `(inputs, targets) -> .ce` call.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,10 +24,13 @@ from stages.train.task import EvalSet
 DOMAIN_SPLIT = "corpus/domain"  # inside adapt's output (`stages.adapt.CORPUS_SPLITS`)
 
 
-def heldout_sets(tokens: Path, adapt: Path, max_bytes: int) -> dict[str, EvalSet]:
-    """`eval` (general held-out text) and `domain` (the adapted domain's held-out documents)."""
+def heldout_sets(tokens: Path, adapt: Path, max_bytes: int, window: int = 0
+                 ) -> dict[str, EvalSet]:
+    """`eval` (general held-out text) and `domain` (the adapted domain's held-out documents), in
+    windows of `window` tokens (0: the packed sequence length)."""
     pad = int(Split.open(tokens / "eval").index["pad_id"])
-    return eval_sets({"eval": tokens / "eval", "domain": adapt / DOMAIN_SPLIT}, pad, max_bytes)
+    return eval_sets({"eval": tokens / "eval", "domain": adapt / DOMAIN_SPLIT}, pad, max_bytes,
+                     window)
 
 
 class CausalLMScorer(nn.Module):
@@ -42,12 +47,37 @@ class CausalLMScorer(nn.Module):
                                                   ignore_index=IGNORE))
 
 
+class GGUFScorer(nn.Module):
+    """A GGUF file in llama.cpp (`stages.llama_cpp.load(..., logits_all=True)`) behind the same
+    call: each window is evaluated from an empty KV cache, up to its last scored target."""
+
+    def __init__(self, llm):
+        super().__init__()
+        self.llm = llm
+
+    def forward(self, inputs: torch.Tensor, targets: torch.Tensor) -> SimpleNamespace:
+        nll, count = torch.zeros((), dtype=torch.float64), 0
+        for x, y in zip(inputs, targets, strict=True):
+            scored = (y != IGNORE).nonzero()
+            if not len(scored):
+                continue
+            end = int(scored.max()) + 1
+            self.llm.reset()
+            self.llm.eval(x[:end].tolist())
+            logits = torch.from_numpy(np.asarray(self.llm.scores[:end], dtype=np.float32))
+            nll += F.cross_entropy(logits, y[:end], ignore_index=IGNORE, reduction="sum").double()
+            count += len(scored)
+        return SimpleNamespace(ce=nll / max(count, 1))
+
+
 @torch.no_grad()
 def score(model: nn.Module, evals: dict[str, EvalSet], micro: int) -> dict[str, float]:
-    """`<set>_loss` and `<set>_bpb` of a transformers model on each set."""
+    """`<set>_loss` and `<set>_bpb` of a model on each set: a transformers model, or a scorer
+    (`GGUFScorer`) as is."""
     from stages.train.loop import evaluate_model
 
-    out = evaluate_model(CausalLMScorer(model).eval(), evals, micro)
+    scorer = model if isinstance(model, GGUFScorer) else CausalLMScorer(model)
+    out = evaluate_model(scorer.eval(), evals, micro)
     return {k: v for k, v in out.items() if not k.endswith("_ppl")}
 
 

@@ -79,14 +79,15 @@ def inputs_targets(split: Split, idx: np.ndarray, pad_id: int) -> tuple[torch.Te
     return seqs[:, :-1], targets
 
 
-def eval_windows(split: Split, pad_id: int, max_bytes: int = 0
+def eval_windows(split: Split, pad_id: int, max_bytes: int = 0, window: int = 0
                  ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(inputs, targets, UTF-8 bytes) of windows that predict every token but the first once.
 
     `max_bytes` > 0 keeps the leading documents of the split whose texts add up to at most that
     many bytes (at least one document): the same texts whatever the tokenizer, so bits per byte
     stay comparable across runs. Window j reads the flat stream from token j*L - 1 (the previous
-    window's last token gives context) and predicts tokens j*L .. j*L + L - 1.
+    window's last token gives context) and predicts tokens j*L .. j*L + L - 1; L is `window`,
+    or the split's sequence length when 0.
     """
     n_tokens, n_bytes = split.index["tokens"], split.index["bytes"]
     if max_bytes:
@@ -97,7 +98,7 @@ def eval_windows(split: Split, pad_id: int, max_bytes: int = 0
         n_tokens = docs["token_start"][keep - 1] + docs["n_tokens"][keep - 1]
         n_bytes = sum(docs["n_bytes"][:keep])
     flat = torch.from_numpy(np.asarray(split.tokens, dtype=np.int64).reshape(-1)[:n_tokens])
-    length = split.seq_len
+    length = window or split.seq_len
     inputs, targets = [], []
     for start in range(0, n_tokens, length):
         lo = max(start - 1, 0)
@@ -110,13 +111,14 @@ def eval_windows(split: Split, pad_id: int, max_bytes: int = 0
     return x, y, n_bytes
 
 
-def eval_set(split: Split, pad_id: int, max_bytes: int = 0) -> EvalSet:
+def eval_set(split: Split, pad_id: int, max_bytes: int = 0, window: int = 0) -> EvalSet:
     """The evaluation windows of a packed text split, scored in bits per byte."""
-    return EvalSet(*eval_windows(split, pad_id, max_bytes))
+    return EvalSet(*eval_windows(split, pad_id, max_bytes, window))
 
 
-def eval_sets(splits: dict[str, Path], pad_id: int, max_bytes: int = 0) -> dict[str, EvalSet]:
+def eval_sets(splits: dict[str, Path], pad_id: int, max_bytes: int = 0, window: int = 0
+              ) -> dict[str, EvalSet]:
     """`eval_set` of each packed split directory, by name; empty splits are left out."""
     opened = {name: Split.open(path) for name, path in splits.items()}
-    return {name: eval_set(split, pad_id, max_bytes) for name, split in opened.items()
+    return {name: eval_set(split, pad_id, max_bytes, window) for name, split in opened.items()
             if split.sequences}

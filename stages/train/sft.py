@@ -45,18 +45,22 @@ def chat_template(template: str) -> str:
             "{% endif %}{% endfor %}")
 
 
-def encode(records: list[dict], sp, template: str, max_len: int) -> list[tuple[list, list]]:
+def encode(records: list[dict], sp, template: str, max_len: int, keep_end: bool = False
+           ) -> list[tuple[list, list]]:
     """Per record, (token ids, scored mask) with prompt tokens unscored; at most max_len + 1
-    tokens (the first max_len are inputs, the last max_len targets). A record whose prompt
-    alone fills the length has nothing to score: it is left out (`len` of the result says)."""
+    tokens (the first max_len are inputs, the last max_len targets): the record's first tokens,
+    or with `keep_end` its last (a long prompt loses its start, the response is kept). A record
+    left with nothing to score is left out (`len` of the result says)."""
     before, after = split_template(template)
     prompts = sp.encode([f"{before}{r['prompt']}{after}" for r in records])
     responses = sp.encode([r["response"] for r in records])
     out = []
     for p, r in zip(prompts, responses, strict=True):
-        ids = (p + r + [EOS])[:max_len + 1]
-        if len(p) < len(ids):
-            out.append((ids, [False] * len(p) + [True] * (len(ids) - len(p))))
+        ids, scored = p + r + [EOS], [False] * len(p) + [True] * (len(r) + 1)
+        cut = slice(-(max_len + 1), None) if keep_end else slice(max_len + 1)
+        ids, scored = ids[cut], scored[cut]
+        if any(scored[1:]):
+            out.append((ids, scored))
     return out
 
 
@@ -75,6 +79,8 @@ def rows(examples: list[tuple[list, list]], multiple: int = 16
     return x, y
 
 
-def reasoning_set(path: Path, sp, template: str, max_len: int) -> EvalSet:
-    """Held-out reasoning items (synth's LIMO eval split): loss on the responses only."""
-    return EvalSet(*rows(encode(read_jsonl(path), sp, template, max_len)), None)
+def reasoning_set(path: Path, sp, template: str, max_len: int, keep_end: bool = False
+                  ) -> EvalSet:
+    """Held-out reasoning items (synth's LIMO eval split): loss on the responses only (see
+    `encode` for `keep_end`)."""
+    return EvalSet(*rows(encode(read_jsonl(path), sp, template, max_len, keep_end)), None)
