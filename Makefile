@@ -5,7 +5,7 @@ export PATH := $(CURDIR)/$(VENV):$(PATH)
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 PORT ?= 3000
 
-.PHONY: setup llama-cpp dagster-home pipeline test dagster sync why bench screenshot lint
+.PHONY: setup llama-cpp dagster-home pipeline test dagster sync why bench screenshot report lint
 
 setup:
 	@bash scripts/setup.sh
@@ -43,6 +43,12 @@ bench: setup
 
 screenshot: setup dagster-home
 	python scripts/screenshot_asset_graph.py docs/asset_graph.png
+
+# The demo's lineage report (after `make pipeline`) into docs/results/, linked from the README.
+report:
+	@test -f reports/evaluate/report.md || { echo "no report: run make pipeline first"; exit 1; }
+	mkdir -p docs/results
+	cp reports/evaluate/report.md reports/evaluate/*.png docs/results/
 
 lint: setup
 	ruff check stages orchestration assets tests bench

@@ -115,15 +115,19 @@ def _png_markdown(name: str, path: Path) -> str:
     return f"![{name}](data:image/png;base64,{data})"
 
 
+def _existing(stage: Stage, root: Path, paths: tuple[str, ...]):
+    """(relative path, path, name) of the files that exist; the name is the path under
+    `reports/<stage>/` without suffix (`loss`, `control/loss`)."""
+    for rel in paths:
+        if (root / rel).exists():
+            yield rel, root / rel, Path(rel).with_suffix("").as_posix().removeprefix(
+                f"reports/{stage.name}/")
+
+
 def _plot_metadata(stage: Stage, root: Path) -> dict[str, Any]:
-    """PNG plots inline (`plot/<name>`) and by path (`plot_path/<name>`); data plots by path. The
-    name is the plot's path under `reports/<stage>/` without suffix (`loss`, `control/loss`)."""
+    """PNG plots inline (`plot/<name>`) and by path (`plot_path/<name>`); data plots by path."""
     out: dict[str, Any] = {}
-    for rel in stage.plots:
-        path = root / rel
-        if not path.exists():
-            continue
-        stem = Path(rel).with_suffix("").as_posix().removeprefix(f"reports/{stage.name}/")
+    for rel, path, stem in _existing(stage, root, stage.plots):
         if path.suffix.lower() == ".png":
             out[f"plot/{stem}"] = MetadataValue.md(_png_markdown(stem, path))
         out[f"plot_path/{stem}"] = MetadataValue.path(rel)
@@ -133,11 +137,7 @@ def _plot_metadata(stage: Stage, root: Path) -> dict[str, Any]:
 def _document_metadata(stage: Stage, root: Path) -> dict[str, Any]:
     """Markdown reports (`report/<name>`) with the PNGs they link to inline, and by path."""
     out: dict[str, Any] = {}
-    for rel in stage.documents:
-        path = root / rel
-        if not path.exists():
-            continue
-        stem = Path(rel).with_suffix("").as_posix().removeprefix(f"reports/{stage.name}/")
+    for rel, path, stem in _existing(stage, root, stage.documents):
 
         def inline(m: re.Match, folder: Path = path.parent) -> str:
             image = folder / m.group(2)
