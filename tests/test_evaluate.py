@@ -64,7 +64,7 @@ def test_kv_cache_table_and_speeds(reproduced_project: Path):
             assert 0 < table[kv]["eval_bpb"] < 20
         speed = metrics["speed"][name]
         assert speed["prompt_tokens_per_s"] > 0 and speed["generation_tokens_per_s"] > 0
-    assert {g for g in metrics["goals"]} >= {"student/Q8_0_ppl_vs_f32", "adapted/kv_q8_0_memory_ratio"}
+    assert set(metrics["goals"]) >= {"student/Q8_0_ppl_vs_f32", "adapted/kv_q8_0_memory_ratio"}
 
 
 def test_report_and_dagster_page(reproduced_project: Path):
@@ -82,3 +82,17 @@ def test_report_and_dagster_page(reproduced_project: Path):
     page = result_metadata(stage("evaluate"), root, "md5", executed=True)
     shown = page["report/report"].value
     assert shown.count("](data:image/png;base64,") == 2 and "](quality_vs_size.png)" not in shown
+
+
+def test_quantized_kv_cache_needs_heads_of_32(monkeypatch, tmp_path: Path):
+    """A clear error before any work, not llama.cpp's "Failed to create llama_context"."""
+    from stages import llama_cpp
+    from stages.evaluate.gguf_eval import check_kv_types
+
+    monkeypatch.setattr(llama_cpp, "metadata", lambda path: {
+        "general.architecture": "llama", "llama.embedding_length": "32",
+        "llama.attention.head_count": "4"})
+    files = {"student/f32": tmp_path / "student-f32.gguf"}
+    with pytest.raises(ValueError, match=r"student-f32.gguf: attention heads of 8 dims .*q8_0"):
+        check_kv_types(files, ["f16", "q8_0"])
+    check_kv_types(files, ["f16", "f32"])  # unquantized caches have no blocks
