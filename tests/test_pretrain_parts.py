@@ -68,11 +68,17 @@ def test_eval_windows_predict_every_token_but_the_first_once(tmp_path):
     assert pairs == list(zip(stream[:-1].tolist(), stream[1:].tolist(), strict=True))
 
 
-def test_eval_byte_budget_keeps_leading_documents(tmp_path):
+def test_eval_byte_budget_keeps_the_documents_that_fit(tmp_path):
     split = _split(tmp_path, [(5, 7, 1.0), (9, 11, 1.0), (6, 13, 1.0)])
     x, y, n_bytes = eval_windows(split, pad_id=3, max_bytes=20)
     assert n_bytes == 18 and (y != IGNORE).sum() == 5 + 9 - 1
     assert eval_windows(split, pad_id=3, max_bytes=1)[2] == 7  # at least one document
+    # a long document is skipped, the shorter one after it still fits
+    split = _split(tmp_path / "long", [(5, 7, 1.0), (9, 30, 1.0), (6, 13, 1.0)])
+    x, y, n_bytes = eval_windows(split, pad_id=3, max_bytes=20)
+    stream = np.asarray(split.tokens).reshape(-1)
+    kept = np.concatenate([stream[:5], stream[14:20]])
+    assert n_bytes == 20 and y[y != IGNORE].tolist() == kept[1:].tolist()
 
 
 @pytest.mark.parametrize("kind", ["wsd", "cosine"])

@@ -16,12 +16,12 @@ class Speed(StrictModel):
     """llama.cpp throughput of each GGUF file on this machine (best of `repeats`)."""
 
     prompt_tokens: int = Field(128, ge=1, description="tokens of one prompt, evaluated as a batch")
-    generate_tokens: int = Field(32, ge=2, description="greedy tokens generated after it")
-    repeats: int = Field(3, ge=1, description="measurements per file; the fastest is reported")
+    generate_tokens: int = Field(64, ge=2, description="greedy tokens generated after it")
+    repeats: int = Field(5, ge=1, description="measurements per file; the fastest is reported")
 
 
 class Params(StrictModel):
-    max_bytes: int = Field(16384, ge=0, description="leading held-out documents scored, general "
+    max_bytes: int = Field(32768, ge=0, description="leading held-out documents scored, general "
                            "and domain (UTF-8 bytes; 0: all of them)")
     window: int = Field(0, ge=0, description="tokens per scoring window, for every model; 0: the "
                         "shortest context of the GGUF files, at most the packed sequence length")

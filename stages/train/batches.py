@@ -10,7 +10,6 @@ sampler state, and every process computes the same global batch and takes its ow
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,21 +82,28 @@ def eval_windows(split: Split, pad_id: int, max_bytes: int = 0, window: int = 0
                  ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(inputs, targets, UTF-8 bytes) of windows that predict every token but the first once.
 
-    `max_bytes` > 0 keeps the leading documents of the split whose texts add up to at most that
-    many bytes (at least one document): the same texts whatever the tokenizer, so bits per byte
-    stay comparable across runs. Window j reads the flat stream from token j*L - 1 (the previous
-    window's last token gives context) and predicts tokens j*L .. j*L + L - 1; L is `window`,
-    or the split's sequence length when 0.
+    `max_bytes` > 0 keeps, in stream order, each document of the split that still fits in that
+    many bytes (the first always): the same texts whatever the tokenizer, so bits per byte stay
+    comparable across runs, and a long document does not crowd out the short ones after it. The
+    kept documents' tokens (EOS included) form one stream; window j reads it from token j*L - 1
+    (the previous window's last token gives context) and predicts tokens j*L .. j*L + L - 1; L
+    is `window`, or the split's sequence length when 0.
     """
-    n_tokens, n_bytes = split.index["tokens"], split.index["bytes"]
+    stream = torch.from_numpy(np.asarray(split.tokens, dtype=np.int64).reshape(-1))
     if max_bytes:
         import pyarrow.parquet as pq
 
         docs = pq.read_table(split.dir / split.index["docs_file"]).to_pydict()
-        keep = max(1, sum(1 for b in itertools.accumulate(docs["n_bytes"]) if b <= max_bytes))
-        n_tokens = docs["token_start"][keep - 1] + docs["n_tokens"][keep - 1]
-        n_bytes = sum(docs["n_bytes"][:keep])
-    flat = torch.from_numpy(np.asarray(split.tokens, dtype=np.int64).reshape(-1)[:n_tokens])
+        spans, n_bytes = [], 0
+        for start, n, size in zip(docs["token_start"], docs["n_tokens"], docs["n_bytes"],
+                                  strict=True):
+            if not spans or n_bytes + size <= max_bytes:
+                spans.append(stream[start:start + n])
+                n_bytes += size
+        flat = torch.cat(spans)
+    else:
+        flat, n_bytes = stream[:split.index["tokens"]], split.index["bytes"]
+    n_tokens = len(flat)
     length = window or split.seq_len
     inputs, targets = [], []
     for start in range(0, n_tokens, length):

@@ -51,9 +51,9 @@ class BatchParams(StrictModel):
 class EvalParams(StrictModel):
     every_steps: int = Field(25, ge=1, description="evaluation cadence")
     micro_seqs: int = Field(8, ge=1)
-    max_bytes: int = Field(0, ge=0, description="evaluate the leading documents of each split "
-                           "up to this many UTF-8 bytes of text (same texts for any tokenizer); "
-                           "0 = all")
+    max_bytes: int = Field(0, ge=0, description="evaluate, in order, each document of a split "
+                           "that still fits in this many UTF-8 bytes of text (same texts for any "
+                           "tokenizer); 0 = all")
 
 
 class CheckpointParams(StrictModel):
