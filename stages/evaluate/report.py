@@ -221,21 +221,46 @@ def _pyplot():
     return plt
 
 
+def family(name: str) -> tuple[str, str]:
+    """(the model a row derives from, its short label): `gguf/student/Q8_0` -> (student, Q8_0),
+    `ptq/teacher/gptq` -> (adapted, gptq), `qat_control_rtn` -> (qat, control_rtn)."""
+    parts = name.split("/")
+    if parts[0] == "gguf":
+        return parts[1], parts[2]
+    if parts[0] == "ptq":
+        return {"teacher": "adapted"}.get(parts[1], parts[1]), parts[2]
+    if name.startswith("qat"):
+        return "qat", name.removeprefix("qat").lstrip("_") or "int4"
+    return name, ""
+
+
 def plot_quality_vs_size(rows: dict, path: Path) -> None:
+    """One colour per model (its PTQ / QAT / GGUF variants with it); circles PyTorch, squares
+    llama.cpp; each model's GGUF files joined from small to large."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for fmt, marker in (("transformers", "o"), ("gguf", "s")):
-        sel = {k: v for k, v in rows.items() if v["format"] == fmt}
-        ax.scatter([v["bytes"] / MIB for v in sel.values()],
-                   [v["eval_bpb"] for v in sel.values()], marker=marker, label=fmt)
-        for name, v in sel.items():
-            ax.annotate(name.removeprefix("gguf/"), (v["bytes"] / MIB, v["eval_bpb"]),
-                        fontsize=6, xytext=(3, 2), textcoords="offset points")
+    from matplotlib.lines import Line2D
+
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    groups: dict[str, list[str]] = {}
+    for name in rows:
+        groups.setdefault(family(name)[0], []).append(name)
+    for i, names in enumerate(groups.values()):
+        color = f"C{i % 10}"
+        gguf = sorted((n for n in names if rows[n]["format"] == "gguf"),
+                      key=lambda n: rows[n]["bytes"])
+        ax.plot([rows[n]["bytes"] / MIB for n in gguf], [rows[n]["eval_bpb"] for n in gguf],
+                color=color, lw=0.8, alpha=0.6)
+        for n in names:
+            x, y = rows[n]["bytes"] / MIB, rows[n]["eval_bpb"]
+            ax.scatter([x], [y], color=color, marker="s" if n in gguf else "o")
+            ax.annotate(family(n)[1], (x, y), fontsize=6, xytext=(2, 4),
+                        textcoords="offset points", rotation=30)
     ax.set_xscale("log")
-    ax.set_xlabel("size on disk (MiB, log)")
+    ax.set_xlabel("size on disk (MiB, log); circles: PyTorch, squares: GGUF in llama.cpp")
     ax.set_ylabel("general held-out bits per byte (lower is better)")
     ax.set_title("quality vs size")
-    ax.legend()
+    ax.legend(handles=[Line2D([], [], color=f"C{i % 10}", marker="o", ls="", label=group)
+                       for i, group in enumerate(groups)], fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
