@@ -22,6 +22,7 @@ from typing import Any
 from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
+    AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
     AssetKey,
@@ -262,6 +263,7 @@ def _metric_result(stage: Stage, check: MetricCheck, root: Path) -> AssetCheckRe
         asset_key=stage.name,
         check_name=check.name,
         passed=bool(check.test(metrics)),
+        severity=AssetCheckSeverity.WARN if check.goal else AssetCheckSeverity.ERROR,
         metadata={"metrics": MetadataValue.path(stage.metrics[0])},
     )
 
