@@ -155,7 +155,7 @@ STAGES: tuple[Stage, ...] = (
         params=("base.seed", "dedup"),
         out="data/dedup",
         metrics=("reports/dedup/metrics.json",),
-        plots=("reports/dedup/weights.png",),
+        plots=("reports/dedup/weights.png", "reports/dedup/lsh_s_curve.png"),
         checks=(
             MetricCheck("not_empty", "documents survive dedup", lambda m: m["docs_kept"] > 0),
             MetricCheck(
@@ -190,7 +190,8 @@ STAGES: tuple[Stage, ...] = (
             "synth.max_failed_fraction", "synth.samples", "signals", "filter.gopher_quality",
             "filter.gopher_repetition", "filter.c4", "filter.fineweb", "filter.language",
             "filter.toxicity", "filter.code", "dedup.shingle_size", "dedup.num_perm",
-            "dedup.bands", "dedup.rows", "dedup.jaccard_threshold", "dedup.decontam_ngram",
+            "dedup.bands", "dedup.rows", "dedup.jaccard_threshold", "dedup.false_negative_rate",
+            "dedup.decontam_ngram",
         ),
         out="data/synth",
         metrics=("reports/synth/metrics.json",),

@@ -104,6 +104,9 @@ def test_output_weights_and_report(truth):
     assert all(r["jaccard_estimate"] >= 0.7 for g in examples["near"] for r in g["removed"])
     assert examples["group_sizes"] == {"exact": {"2": 10}, "near": {"2": m["near_clusters"]}}
     assert (root / "reports/dedup/weights.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (root / "reports/dedup/lsh_s_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    lsh = m["lsh"]  # the default shape: a pair at the 0.7 threshold is a candidate >= 95%
+    assert (lsh["bands"], lsh["rows"]) == (22, 5) and lsh["candidate_probability"]["0.7"] >= 0.95
     assert pq.read_table(root / "data/dedup/corpus/part-00099.parquet").num_rows == 0
 
 
@@ -181,6 +184,49 @@ def test_dedup_is_deterministic_across_runs_and_workers(truth):
 def test_params_reject_bands_that_do_not_fit():
     with pytest.raises(ValueError, match="exceeds num_perm"):
         Params(num_perm=64, bands=14, rows=8)
+    with pytest.raises(ValueError, match="both bands and rows, or neither"):
+        Params(bands=14)
+    with pytest.raises(ValueError, match="raise dedup.num_perm or dedup.false_negative_rate"):
+        Params(num_perm=4, jaccard_threshold=0.3, false_negative_rate=0.01)
+
+
+def _random_words(rng: np.random.Generator, n: int) -> list[str]:
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+    return ["".join(rng.choice(letters, 7)) for _ in range(n)]
+
+
+def test_near_duplicate_recall_and_precision_across_jaccard():
+    """Planted pairs whose true shingle Jaccard spans 0.45-0.98, with the default params: a pair
+    at >= 0.8 is found >= 95% of the time, none at <= 0.6 is ever merged, and a pair is merged
+    exactly when it is a candidate at or above the threshold (true Jaccard, not the estimate)."""
+    from functools import partial
+
+    from stages.dedup import duplicates, scan_texts, shingle_sets
+
+    rng = np.random.default_rng(11)
+    texts = []
+    for _ in range(300):
+        words = _random_words(rng, 200)
+        twin = list(words)
+        for i in rng.choice(200, size=int(rng.integers(1, 17)), replace=False):  # not exact
+            twin[i] = _random_words(rng, 1)[0]
+        texts += [" ".join(words), " ".join(twin)]
+    params = Params()
+    scanned = scan_texts(texts, np.zeros(0, np.uint64), params, seed=0)
+    shingles = partial(shingle_sets, scanned["h"], scanned["counts"], n=params.shingle_size)
+    n = len(texts)
+    _, near_rep, lsh = duplicates(np.ones(n, bool), scanned["exact"], scanned["sig"],
+                                  scanned["shingled"], np.arange(n), params, shingles)
+    sets = shingles(np.arange(n))
+    true = np.array([len(np.intersect1d(sets[i], sets[i + 1])) / len(np.union1d(sets[i],
+                     sets[i + 1])) for i in range(0, n, 2)])
+    merged = near_rep[1::2] == np.arange(0, n, 2)
+    assert true.min() <= 0.5 and true.max() >= 0.97 and (true >= 0.8).sum() >= 60
+    assert merged[true >= 0.8].mean() >= 0.95
+    assert not merged[true <= 0.6].any()
+    assert not merged[true < params.jaccard_threshold].any()
+    assert (near_rep[0::2] == np.arange(0, n, 2)).all()  # no pair merged into another
+    assert lsh["verified_pairs"] == merged.sum()
 
 
 @pytest.mark.parametrize("keep", ["first", "longest"])

@@ -5,16 +5,19 @@ In order, each step on what the previous one kept:
    held-out evaluation texts are removed;
 2. exact duplicates: same text after NFKC, lower-casing and whitespace collapsing;
 3. near duplicates: MinHash (rensa) of word `shingle_size`-gram shingles (lower-cased, accents and
-   punctuation dropped, digits as 0), LSH with `bands` x `rows`, every candidate pair verified by
-   signature agreement >= `jaccard_threshold`, then union-find, so chains A~B~C collapse even when
-   A and C are not similar;
+   punctuation dropped, digits as 0), LSH with `bands` x `rows` (by default the shape that finds
+   a pair at `jaccard_threshold` with probability >= 1 - `false_negative_rate`, the most rows per
+   band among those), every candidate pair verified by its true shingle Jaccard >=
+   `jaccard_threshold` (not the signatures' estimate), then union-find, so chains A~B~C collapse
+   even when A and C are not similar;
 4. SoftDedup weights for the survivors (see `softdedup`), a `weight` column of the output.
 Which member of a duplicate group is kept is `keep`: `longest` (default; ties: smallest doc_id)
 or `first`, the earliest in input order (shard order, then row order), which is what datatrove's
 MinHash dedup keeps.
 
 Memory: per document only its signature and a few scalars stay in memory (the LSH index); texts
-are streamed shard by shard, and tokens go through scratch files between passes.
+are streamed shard by shard, and tokens go through scratch files between passes (the candidate
+pairs' shingles are rebuilt from them for verification).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import json
 import shutil
 import unicodedata
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Literal
@@ -55,6 +59,7 @@ HELDOUT = "data/ingest/heldout"
 OUT = "data/dedup/corpus"
 EXAMPLES = "data/dedup/examples.json"
 PLOT = "reports/dedup/weights.png"
+S_CURVE = "reports/dedup/lsh_s_curve.png"
 
 
 class SoftDedup(StrictModel):
@@ -74,9 +79,13 @@ class SoftDedup(StrictModel):
 class Params(StrictModel):
     shingle_size: int = Field(5, ge=1, description="words per MinHash shingle")
     num_perm: int = Field(112, ge=1, description="MinHash permutations")
-    bands: int = Field(14, ge=1, description="LSH bands")
-    rows: int = Field(8, ge=1, description="signature rows per LSH band")
-    jaccard_threshold: float = Field(0.7, ge=0, le=1, description="verified-pair minimum")
+    jaccard_threshold: float = Field(0.7, gt=0, le=1, description="true shingle Jaccard at "
+                                     "which a candidate pair is a near duplicate")
+    false_negative_rate: float = Field(0.05, gt=0, lt=1, description="the most often LSH may "
+                                       "miss a pair at the threshold: picks bands x rows")
+    bands: int | None = Field(None, ge=1, description="LSH bands (with rows: overrides the "
+                              "shape from false_negative_rate)")
+    rows: int | None = Field(None, ge=1, description="signature rows per LSH band")
     decontam_ngram: int = Field(13, ge=1, description="n-gram length matched against held-out")
     keep: Literal["longest", "first"] = Field(
         "longest", description="member kept per duplicate group: `longest` (ties: smallest "
@@ -86,11 +95,20 @@ class Params(StrictModel):
     example_chars: int = Field(300, ge=1, description="text characters per example")
 
     @model_validator(mode="after")
-    def _bands_fit(self) -> Params:
-        if self.bands * self.rows > self.num_perm:
-            used = self.bands * self.rows
-            raise ValueError(f"bands x rows = {used} exceeds num_perm = {self.num_perm}")
+    def _lsh_fits(self) -> Params:
+        if (self.bands is None) != (self.rows is None):
+            raise ValueError("give both bands and rows, or neither (the shape then follows from "
+                             "jaccard_threshold and false_negative_rate)")
+        bands, rows = self.lsh_shape()
+        if bands * rows > self.num_perm:
+            raise ValueError(f"bands x rows = {bands * rows} exceeds num_perm = {self.num_perm}")
         return self
+
+    def lsh_shape(self) -> tuple[int, int]:
+        """(bands, rows): the params' own, or the shape that meets the false-negative rate."""
+        if self.bands is not None and self.rows is not None:
+            return self.bands, self.rows
+        return minhash.lsh_shape(self.num_perm, self.jaccard_threshold, self.false_negative_rate)
 
 
 def _exact_key(text: str) -> str:
@@ -124,10 +142,22 @@ def scan_texts(texts: list[str], heldout: np.ndarray, params: Params, seed: int)
             "h": h, "counts": np.diff(offsets)}
 
 
+def shingle_sets(h: np.ndarray, counts: np.ndarray, docs: np.ndarray, n: int
+                 ) -> list[np.ndarray]:
+    """Sorted unique shingle hashes of the documents `docs`, from their normalised word hashes
+    (`h`, `counts` words per document, as `scan_texts` returns them)."""
+    offsets = np.r_[0, np.cumsum(counts)]
+    return [np.unique(shingle_rows(h[offsets[d]:offsets[d + 1]], np.array([0, counts[d]]), n)[0])
+            for d in docs.tolist()]
+
+
 def duplicates(alive: np.ndarray, exact: np.ndarray, sig: np.ndarray, shingled: np.ndarray,
-               rank: np.ndarray, params: Params) -> tuple[np.ndarray, np.ndarray, dict]:
+               rank: np.ndarray, params: Params, shingles: Callable[[np.ndarray], list]
+               ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Representatives among the `alive` documents: exact groups first, then MinHash near groups
-    of what survives; each group keeps its member with the smallest `rank`.
+    of what survives; each group keeps its member with the smallest `rank`. `shingles(docs)`
+    gives the documents' sorted unique shingle hashes (`shingle_sets`), for the true Jaccard of
+    every candidate pair.
 
     Returns (exact_rep, near_rep, lsh) where `x_rep[i] != i` marks document i as a duplicate of
     `x_rep[i]`, and `lsh` has the candidate and verified pair counts.
@@ -138,13 +168,17 @@ def duplicates(alive: np.ndarray, exact: np.ndarray, sig: np.ndarray, shingled: 
     exact_group = np.unique(exact[live], return_inverse=True)[1]
     exact_rep[live] = live[_representatives(exact_group, rank[live])]
     cands = np.flatnonzero(alive & (exact_rep == index) & shingled)
-    a, b = minhash.candidate_pairs(sig[cands], params.bands, params.rows)
-    verified = minhash.agreement(sig[cands], a, b) >= params.jaccard_threshold
+    a, b = minhash.candidate_pairs(sig[cands], *params.lsh_shape())
+    involved = np.unique(np.r_[a, b])
+    sets = dict(zip(involved.tolist(), shingles(cands[involved]), strict=True))
+    pair_jaccard = minhash.jaccard(sets, a, b)
+    verified = pair_jaccard >= params.jaccard_threshold
     near_rep = index.copy()
     root = minhash.components(len(cands), a[verified], b[verified])
     near_rep[cands] = cands[_representatives(root, rank[cands])]
     return exact_rep, near_rep, {"candidates": cands, "candidate_pairs": len(a),
-                                 "verified_pairs": int(verified.sum())}
+                                 "verified_pairs": int(verified.sum()),
+                                 "pair_jaccard": pair_jaccard}
 
 
 def _scan(unit: Unit, scratch: Path, params: Params, seed: int) -> dict:
@@ -159,6 +193,29 @@ def _scan(unit: Unit, scratch: Path, params: Params, seed: int) -> dict:
             parts[key].append(value)
     out = {k: (v if k == "doc_id" else np.concatenate(v)) for k, v in parts.items()}
     np.savez(scratch / f"{unit.name}.npz", h=out.pop("h"), counts=out.pop("counts"))
+    return out
+
+
+def lsh_report(params: Params) -> dict:
+    """The LSH shape and its S-curve: the chance a pair of each Jaccard becomes a candidate."""
+    bands, rows = params.lsh_shape()
+    points = [0.3, 0.5, 0.6, 0.7, 0.8, 0.9]
+    return {"bands": bands, "rows": rows, "candidate_probability": {
+        f"{j:.1f}": round(float(minhash.candidate_probability(j, bands, rows)), 6)
+        for j in points}}
+
+
+def _unit_shingles(docs: np.ndarray, scratch: Path, units: list[Unit], bounds: np.ndarray,
+                   n: int) -> list[np.ndarray]:
+    """`shingle_sets` of documents by global index, from each unit's scratch word hashes."""
+    unit = np.searchsorted(bounds, docs, side="right") - 1
+    out: list = [None] * len(docs)
+    for u in np.unique(unit).tolist():
+        data = np.load(scratch / f"{units[u].name}.npz")
+        sel = np.flatnonzero(unit == u)
+        for i, found in zip(sel.tolist(), shingle_sets(data["h"], data["counts"],
+                                                         docs[sel] - bounds[u], n), strict=True):
+            out[i] = found
     return out
 
 
@@ -253,8 +310,10 @@ def _run(params: Params, ctx, pool: Workers) -> dict:
 
     contaminated = cat["hits"] > 0
     alive = np.flatnonzero(~contaminated)
-    exact_rep, near_rep, lsh = duplicates(~contaminated, cat["exact"], cat["sig"],
-                                          cat["shingled"], rank, params)
+    exact_rep, near_rep, lsh = duplicates(
+        ~contaminated, cat["exact"], cat["sig"], cat["shingled"], rank, params,
+        partial(_unit_shingles, scratch=scratch, units=work, bounds=bounds,
+                n=params.shingle_size))
     exact_dup, near_dup, cands = exact_rep != index, near_rep != index, lsh["candidates"]
     keep = ~contaminated & ~exact_dup & ~near_dup
     ctx.log.info("dedup: %d contaminated, %d exact and %d near duplicates of %d documents",
@@ -309,6 +368,8 @@ def _run(params: Params, ctx, pool: Workers) -> dict:
     ctx.out(EXAMPLES).write_text(json.dumps(report.render(examples, doc_ids, texts), indent=2,
                                             sort_keys=True, ensure_ascii=False) + "\n")
     report.weight_histogram(weight[keep], ctx.out(PLOT))
+    report.s_curve(*params.lsh_shape(), params.jaccard_threshold, lsh["pair_jaccard"],
+                   ctx.out(S_CURVE))
 
     near_sizes = examples["group_sizes"]["near"]
     clusters = sum(near_sizes.values())
@@ -325,6 +386,7 @@ def _run(params: Params, ctx, pool: Workers) -> dict:
         "near_cluster_max_size": max(near_sizes, default=0),
         "near_cluster_mean_size": round(sum(k * v for k, v in near_sizes.items())
                                         / max(1, clusters), 6),
+        "lsh": lsh_report(params),
         "lsh_candidate_pairs": lsh["candidate_pairs"],
         "verified_pairs": lsh["verified_pairs"],
         "heldout_ngrams": len(heldout),

@@ -1,4 +1,5 @@
-"""MinHash signatures (rensa), LSH banding, signature-verified candidate pairs, union-find."""
+"""MinHash signatures (rensa), LSH banding and its shape, candidate pairs verified by their true
+shingle Jaccard, union-find."""
 
 from __future__ import annotations
 
@@ -44,11 +45,32 @@ def candidate_pairs(sig: np.ndarray, bands: int, rows: int) -> tuple[np.ndarray,
     return codes // n, codes % n
 
 
-def agreement(sig: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
-    """Fraction of equal signature slots per pair: the MinHash estimate of their Jaccard."""
+def candidate_probability(jaccard, bands: int, rows: int):
+    """The LSH S-curve: the chance a pair of this Jaccard shares a bucket in some band."""
+    return 1 - (1 - np.asarray(jaccard, dtype=float) ** rows) ** bands
+
+
+def lsh_shape(num_perm: int, threshold: float, false_negative_rate: float) -> tuple[int, int]:
+    """(bands, rows) with bands x rows <= num_perm that finds a pair at the threshold Jaccard with
+    probability >= 1 - false_negative_rate and, among those, the most rows per band (the fewest
+    candidates below the threshold)."""
+    for rows in range(num_perm, 0, -1):
+        bands = num_perm // rows
+        if candidate_probability(threshold, bands, rows) >= 1 - false_negative_rate:
+            return bands, rows
+    raise ValueError(f"no LSH shape of {num_perm} permutations finds pairs at Jaccard "
+                     f"{threshold} with a false-negative rate <= {false_negative_rate}: raise "
+                     "dedup.num_perm or dedup.false_negative_rate")
+
+
+def jaccard(sets: dict[int, np.ndarray], a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """True Jaccard of each pair (a[i], b[i]) of sorted unique shingle-hash arrays."""
     out = np.empty(len(a))
-    for i in range(0, len(a), chunk):
-        out[i : i + chunk] = (sig[a[i : i + chunk]] == sig[b[i : i + chunk]]).mean(axis=1)
+    for i, (x, y) in enumerate(zip(a.tolist(), b.tolist(), strict=True)):
+        sx, sy = sets[x], sets[y]
+        inter = len(np.intersect1d(sx, sy, assume_unique=True))
+        union = len(sx) + len(sy) - inter
+        out[i] = inter / union if union else 1.0
     return out
 
 

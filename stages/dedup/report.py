@@ -81,3 +81,32 @@ def weight_histogram(weights: np.ndarray, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, format="png", metadata={"Software": None})
     plt.close(fig)
+
+
+def s_curve(bands: int, rows: int, threshold: float, pair_jaccards: np.ndarray, path: Path) -> None:
+    """The LSH S-curve (chance a pair of each Jaccard becomes a candidate) with the threshold,
+    over the histogram of the candidate pairs' true Jaccard."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from stages.dedup.minhash import candidate_probability
+
+    x = np.linspace(0, 1, 201)
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot(x, candidate_probability(x, bands, rows), color="#4c72b0",
+            label=f"P(candidate), {bands} bands x {rows} rows")
+    ax.axvline(threshold, color="black", linewidth=0.8, linestyle="--",
+               label=f"verified at true Jaccard >= {threshold:g}")
+    ax.set_xlabel("shingle Jaccard of a pair")
+    ax.set_ylabel("probability")
+    if len(pair_jaccards):
+        twin = ax.twinx()
+        twin.hist(pair_jaccards, bins=40, range=(0, 1), color="#dd8452", alpha=0.4)
+        twin.set_ylabel(f"candidate pairs ({len(pair_jaccards)})")
+    ax.set_title("LSH S-curve and the candidate pairs")
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, format="png", metadata={"Software": None})
+    plt.close(fig)

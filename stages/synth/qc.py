@@ -16,6 +16,7 @@ In order, a generated document is rejected for the first check it fails:
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import partial
 
 import numpy as np
 import pyarrow as pa
@@ -50,7 +51,8 @@ def quality_failures(texts: list[str], domains: list[str], signal_params: signal
 
 def _scan(texts: Iterator[str] | list[str], heldout: np.ndarray, params: dedup.Params,
           seed: int, batch: int = 512) -> dict[str, np.ndarray]:
-    parts: dict[str, list] = {"exact": [], "sig": [], "shingled": [], "hits": []}
+    parts: dict[str, list] = {"exact": [], "sig": [], "shingled": [], "hits": [], "h": [],
+                              "counts": []}
     chunk: list[str] = []
 
     def flush() -> None:
@@ -77,9 +79,11 @@ def duplicate_failures(texts: list[str], corpus_texts: Iterator[str], heldout: n
     contaminated = alive & (gen["hits"] > 0)
     out[contaminated] = "decontaminated"
     live = np.r_[np.ones(m, bool), alive & ~contaminated]
-    cat = {k: np.concatenate([corpus[k], gen[k]]) for k in ("exact", "sig", "shingled")}
-    exact_rep, near_rep, _ = dedup.duplicates(live, cat["exact"], cat["sig"], cat["shingled"],
-                                              np.arange(m + n), params)
+    cat = {k: np.concatenate([corpus[k], gen[k]])
+           for k in ("exact", "sig", "shingled", "h", "counts")}
+    exact_rep, near_rep, _ = dedup.duplicates(
+        live, cat["exact"], cat["sig"], cat["shingled"], np.arange(m + n), params,
+        partial(dedup.shingle_sets, cat["h"], cat["counts"], n=params.shingle_size))
     index = np.arange(m, m + n)
     for kind, rep in (("exact", exact_rep[m:]), ("near", near_rep[m:])):
         dup = (out == "") & live[m:] & (rep != index)
