@@ -103,7 +103,7 @@ def test_disabled_rules_and_apply_lists(root):
         (m,) = run(root, "filter")
     finally:
         set_params(root, filter={"apply": Params().apply})
-    assert list(m["removed_by_rule"]) == ["toxicity.max_toxicity"]
+    assert list(m["removed_by_rule"]) == ["toxicity.max_toxicity_prob"]
     assert m["by_domain"]["code"]["removed"] == 0
     with pytest.raises(ValueError, match="unknown rule groups"):
         Params(apply={"prose": ["gopher"]})

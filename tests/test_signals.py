@@ -140,6 +140,21 @@ def test_language_toxicity_and_textbook_scores():
     assert s["textbook_score"][4] == 0.0 and s["gopher_words"][4] == 0
 
 
+def test_toxicity_classifier_reads_words_in_context():
+    """The classifier flags offensive text, also one offensive paragraph in a long document
+    (max over chunks), and passes listed words used in a benign sense, which the word list
+    flags."""
+    benign = ["Cocks and hens live on the farm near the river, and the farmer feeds them grain.",
+              "Sex education in schools covers biology, health and consent for teenagers."]
+    offensive = "You are a stupid worthless idiot and everybody hates you, shut up."
+    long_doc = " ".join([EXPLANATION] * 30) + " " + offensive
+    s = signals(*benign, offensive, EXPLANATION, long_doc)
+    assert len(long_doc.split()) > 2 * toxicity.CHUNK_WORDS
+    assert all(s["toxicity"][:2] > 0) and all(s["toxicity_prob"][:2] < 0.8)
+    assert s["toxicity_prob"][2] > 0.9 and s["toxicity_prob"][4] > 0.9
+    assert s["toxicity_prob"][3] < 0.1
+
+
 @pytest.fixture
 def corpus_root(tmp_path):
     prose = [row(t, f"p{i}") for i, t in enumerate(docstrings(20)[:240])]

@@ -80,10 +80,12 @@ class Language(StrictModel):
 
 
 class Toxicity(StrictModel):
-    """Toxicity score ceiling; 0 with the word list is C4's bad-words rule."""
+    """Toxicity ceilings: `max_toxicity` on the word-list score (0 is C4's bad-words rule),
+    `max_toxicity_prob` on the classifier's probability."""
 
     prefix: ClassVar[str] = ""
-    max_toxicity: float | None = 0.0
+    max_toxicity: float | None = None
+    max_toxicity_prob: float | None = 0.8
 
 
 class Code(StrictModel):

@@ -29,16 +29,19 @@ from stages.textstats.shards import (
 CORPUS = "data/ingest/corpus"
 OUT = "data/signals"
 SUMMARY = ("gopher_words", "gopher_alpha_words_ratio", "gopher_dup_5gram_char_frac",
-           "fineweb_line_punct_ratio", "lang_score", "toxicity", "textbook_score",
+           "fineweb_line_punct_ratio", "lang_score", "toxicity", "toxicity_prob", "textbook_score",
            "code_mean_line_length", "code_alnum_frac", "code_comment_frac")
 
 
 class Params(StrictModel):
     fineweb_short_line_length: int = Field(30, ge=1, description="FineWeb's short-line length")
     langid_max_chars: int = Field(2000, ge=1, description="leading characters read by language ID")
-    toxicity_classifier: str = Field("wordlist", description="see signals.toxicity.CLASSIFIERS")
+    toxicity_classifier: str = Field("wordlist", description="the `toxicity` column's scorer "
+                                     "(signals.toxicity.CLASSIFIERS)")
+    toxicity_prob_classifier: str = Field("profanity_check", description="the `toxicity_prob` "
+                                          "column's scorer (signals.toxicity.CLASSIFIERS)")
 
-    @field_validator("toxicity_classifier")
+    @field_validator("toxicity_classifier", "toxicity_prob_classifier")
     @classmethod
     def _registered(cls, name: str) -> str:
         if name not in toxicity.CLASSIFIERS:
@@ -55,6 +58,7 @@ def compute(texts: list[str], params: Params) -> dict[str, np.ndarray | list]:
     cols["lang"], cols["lang_score"] = langs, scores
     batch = toxicity.Batch(texts, tokens, langs)
     cols["toxicity"] = toxicity.classifier(params.toxicity_classifier).score(batch)
+    cols["toxicity_prob"] = toxicity.classifier(params.toxicity_prob_classifier).score(batch)
     cols["textbook_score"] = textbook.score(texts, tokens, cols["gopher_dup_5gram_char_frac"])
     return cols
 
@@ -82,7 +86,8 @@ def _unit(unit: Unit, params: Params) -> tuple[pa.Table, dict]:
         langs.update(np.array(cols["lang"], dtype=object)[domains == "prose"])
         flags.update({"c4_lorem_ipsum": int(cols["c4_lorem_ipsum"].sum()),
                       "c4_curly_bracket": int(cols["c4_curly_bracket"].sum()),
-                      "toxicity_above_0": int((cols["toxicity"] > 0).sum())})
+                      "toxicity_above_0": int((cols["toxicity"] > 0).sum()),
+                      "toxicity_prob_above_0.5": int((cols["toxicity_prob"] > 0.5).sum())})
     if not tables:  # an empty shard still gets an (empty) signals shard
         tables.append(_table(pa.array([], pa.string()), compute([], params)))
     summary = {"docs": docs, "langs": langs, "flags": flags, "sums": sums}

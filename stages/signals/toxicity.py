@@ -1,4 +1,5 @@
-"""Toxicity scores behind a pluggable classifier interface; the default is a maintained word list.
+"""Toxicity scores behind a pluggable classifier interface: a maintained word list and a trained
+classifier.
 
 A classifier is any object with `score(batch) -> array` of values in [0, 1] (higher = more
 toxic); `register(name)` makes a factory selectable as `signals.toxicity_classifier`. Register it
@@ -9,6 +10,13 @@ maintains (one per language, multi-word entries included; the list C4 filtered w
 document's score is the number of listed words or phrases it contains per word, with the list of
 its detected language (English if it has none): 0 means none, and C4's rule removes anything
 above 0.
+
+`profanity_check` is alt-profanity-check's linear SVM over TF-IDF features, trained on ~200k
+human-labelled texts (Wikipedia talk-page toxicity and tweets) and shipped inside its wheel, so
+it runs offline: the probability that a text is offensive. A document is scored in chunks of
+`CHUNK_WORDS` words, its score the highest chunk's (one offensive paragraph in a long article
+counts). It judges words in context: "sex education" or a rooster's name are not offensive to
+it, while the word list flags them.
 """
 
 from __future__ import annotations
@@ -113,3 +121,26 @@ class WordList:
                 hits += np.bincount(tokens.doc[at[np.isin(h, table)]], minlength=tokens.n_docs)
         words = tokens.per_doc(tokens.is_word)
         return np.clip(np.divide(hits, words, out=np.zeros_like(hits), where=words > 0), 0, 1)
+
+
+CHUNK_WORDS = 200
+
+
+@register("profanity_check")
+class ProfanityCheck:
+    """alt-profanity-check's probability per chunk of `CHUNK_WORDS` words; a document's is its
+    highest chunk's (0 for a text without words)."""
+
+    def score(self, batch: Batch) -> np.ndarray:
+        from profanity_check import predict_prob
+
+        chunks, owner = [], []
+        for i, text in enumerate(batch.texts):
+            words = text.split()
+            for start in range(0, len(words), CHUNK_WORDS):
+                chunks.append(" ".join(words[start:start + CHUNK_WORDS]))
+                owner.append(i)
+        out = np.zeros(len(batch.texts))
+        if chunks:
+            np.maximum.at(out, np.array(owner), predict_prob(chunks))
+        return out
