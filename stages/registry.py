@@ -129,12 +129,19 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         name="filter",
         description="Thresholds from params applied to the stored signals: the filtered corpus.",
-        code=("stages/filter", "stages/textstats"),
+        code=("stages/filter", "stages/filter/identity_terms.yaml", "stages/textstats"),
         deps=("data/ingest", "data/signals"),
         params=("filter",),
         out="data/filter",
         metrics=("reports/filter/metrics.json",),
         checks=(
+            MetricCheck(
+                "bias_audit_clean",
+                "no rule removes documents mentioning an identity group more often than the "
+                "rest (95% lower bound of the rate ratio above filter.bias_audit.max_ratio)",
+                lambda m: not m["bias_audit"]["flagged"],
+                goal=True,
+            ),
             MetricCheck(
                 "kept_fraction_sane",
                 "keeps between 0.5% and 99.5% of the documents",

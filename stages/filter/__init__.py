@@ -6,6 +6,11 @@ FineWeb, language and toxicity rules, code the code rules. Decisions are per doc
 removals only count toward its sentence rule; text is never edited). A removed document is counted
 under the first rule it fails, in the order of `apply[domain]` and then of the group's fields, so
 per-rule counts add up to the removed total; `failing_by_rule` counts every failure.
+
+The bias audit (`stages.filter.bias`) asks of every rule that removes documents whether it
+removes those mentioning an identity group more often than the rest; flagged rules are logged,
+in the metrics (`bias_audit`) and a Dagster warning; `data/filter/bias_samples.jsonl` holds
+removed identity-term documents per rule for a human to read.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field, field_validator
 
+from stages.filter import bias
 from stages.filter.rules import (
     C4,
     GROUPS,
@@ -45,6 +51,7 @@ CORPUS = "data/ingest/corpus"
 SIGNALS = "data/signals"
 OUT = "data/filter/corpus"
 SAMPLES = "data/filter/removed_samples.jsonl"
+BIAS_SAMPLES = "data/filter/bias_samples.jsonl"
 PROSE_GROUPS = ["gopher_quality", "gopher_repetition", "c4", "fineweb", "language", "toxicity"]
 
 
@@ -61,6 +68,7 @@ class Params(StrictModel):
     toxicity: Toxicity = Toxicity()
     code: Code = Code()
     samples_per_rule: int = Field(5, ge=0, description="removed documents reported per rule")
+    bias_audit: bias.Audit = bias.Audit()
     sample_chars: int = Field(400, ge=1, description="text characters kept per removed sample")
 
     @field_validator("apply")
@@ -79,8 +87,9 @@ class Params(StrictModel):
 
 
 def decide(sig: pa.Table, domains: np.ndarray, rules: dict[str, list[Rule]],
-           failing: Counter | None) -> np.ndarray:
-    """Name of the first failed rule per row ("" = kept); counts every failure in `failing`.
+           failing: Counter | None, each: dict[str, tuple] | None = None) -> np.ndarray:
+    """Name of the first failed rule per row ("" = kept); counts every failure in `failing` and
+    puts each rule's (rows it applies to, rows failing it) in `each`.
 
     Also what `synth` applies to generated text."""
     first = np.full(len(domains), "", dtype=object)
@@ -92,6 +101,9 @@ def decide(sig: pa.Table, domains: np.ndarray, rules: dict[str, list[Rule]],
             fails = rule.fails(sig) & mask
             if failing is not None:
                 failing[rule.name] += int(fails.sum())
+            if each is not None:
+                applies, failed = each.get(rule.name, (mask & False, mask & False))
+                each[rule.name] = (applies | mask, failed | fails)
             first[fails & (first == "")] = rule.name
     return first
 
@@ -105,6 +117,8 @@ def _shard(src: Path, signals_dir: Path, out_dir: Path, params: Params) -> dict:
     schema = pq.read_schema(src)
     counts: dict[str, Counter] = {k: Counter() for k in ("in", "kept", "chars_in", "chars_kept")}
     removed, failing, samples = Counter(), Counter(), {}
+    audit: dict[str, Counter] = {}
+    audit_samples: dict[str, list] = {}
     offset = 0
     with ShardWriter(out_dir / src.name, schema) as writer:
         for table in read_batches(src, schema.names):
@@ -113,7 +127,11 @@ def _shard(src: Path, signals_dir: Path, out_dir: Path, params: Params) -> dict:
             if not sig["doc_id"].equals(table["doc_id"]):
                 raise ValueError(f"{src.name}: signals do not match the corpus; re-run `signals`")
             domains = np.array(table["domain"].to_pylist(), dtype=object)
-            first = decide(sig, domains, rules, failing)
+            each: dict[str, tuple] = {}
+            first = decide(sig, domains, rules, failing, each)
+            texts = [t or "" for t in table["text"].to_pylist()]
+            groups = bias.mentions(texts)
+            any_term = np.logical_or.reduce(list(groups.values()))
             keep = first == ""
             writer.write(table.filter(pa.array(keep)))
             chars = table["n_chars"].to_numpy()
@@ -124,6 +142,14 @@ def _shard(src: Path, signals_dir: Path, out_dir: Path, params: Params) -> dict:
                     counts[f"chars_{key}"][domain] += int(chars[rows].sum())
             removed.update(first[~keep])
             doc_ids = np.array(table["doc_id"].to_pylist(), dtype=object)
+            for name, (applies, fails) in each.items():
+                bias.count(applies, fails, groups, audit.setdefault(name, Counter()))
+                rows = np.flatnonzero(fails & any_term)
+                rows = rows[np.argsort(doc_ids[rows], kind="stable")[: params.bias_audit.samples]]
+                audit_samples[name] = sorted(audit_samples.get(name, []) + [
+                    {"rule": name, "doc_id": doc_ids[i], "domain": domains[i],
+                     "terms": bias.matched(texts[i]), "text": texts[i][: params.sample_chars]}
+                    for i in rows], key=lambda x: x["doc_id"])[: params.bias_audit.samples]
             for name in sorted(set(first[~keep])):
                 rows = np.flatnonzero(first == name)
                 rows = rows[np.argsort(doc_ids[rows], kind="stable")[: params.samples_per_rule]]
@@ -138,7 +164,8 @@ def _shard(src: Path, signals_dir: Path, out_dir: Path, params: Params) -> dict:
                 samples[name] = sorted(samples[name], key=lambda s: s["doc_id"])[
                     : params.samples_per_rule]
     return {"counts": counts, "removed": removed, "failing": failing, "samples": samples,
-            "rows": writer.rows, "columns": schema.names}
+            "audit": audit, "audit_samples": audit_samples, "rows": writer.rows,
+            "columns": schema.names}
 
 
 def run(params: Params, ctx) -> dict:
@@ -152,6 +179,8 @@ def run(params: Params, ctx) -> dict:
     work = partial(_shard, signals_dir=signals_dir, out_dir=out_dir, params=params)
     counts: dict[str, Counter] = {k: Counter() for k in ("in", "kept", "chars_in", "chars_kept")}
     removed, failing, samples, rows, columns = Counter(), Counter(), {}, [], []
+    audit: dict[str, Counter] = {}
+    audit_samples: dict[str, list] = {}
     with Workers(ctx.workers) as pool:
         results = ctx.progress(pool.map(work, shards), len(shards), "filter")
         for src, s in zip(shards, results, strict=True):
@@ -162,6 +191,11 @@ def run(params: Params, ctx) -> dict:
             for name, items in s["samples"].items():
                 samples[name] = sorted(samples.get(name, []) + items, key=lambda x: x["doc_id"])[
                     : params.samples_per_rule]
+            for name, c in s["audit"].items():
+                audit.setdefault(name, Counter()).update(c)
+            for name, items in s["audit_samples"].items():
+                audit_samples[name] = sorted(audit_samples.get(name, []) + items,
+                                             key=lambda x: x["doc_id"])[: params.bias_audit.samples]
             rows.append((src.name, s["rows"]))
             columns = s["columns"]
     write_manifest(out_dir, rows, columns)
@@ -171,6 +205,15 @@ def run(params: Params, ctx) -> dict:
         json.dumps(item, sort_keys=True, ensure_ascii=False) + "\n"
         for name in order for item in samples.get(name, [])
     ))
+    ctx.out(BIAS_SAMPLES).write_text("".join(
+        json.dumps(item, sort_keys=True, ensure_ascii=False) + "\n"
+        for name in order for item in audit_samples.get(name, []) if failing[name]
+    ))
+    audit_report = bias.report({name: audit[name] for name in order if name in audit}, failing,
+                               params.bias_audit)
+    for flag in audit_report["flagged"]:
+        ctx.log.warning("bias audit: %s removes documents of this group more often than the rest "
+                        "(filter.bias_audit.max_ratio %g)", flag, params.bias_audit.max_ratio)
     docs_in, kept = sum(counts["in"].values()), sum(counts["kept"].values())
     ctx.log.info("filter: kept %d of %d documents", kept, docs_in)
     return {
@@ -187,4 +230,5 @@ def run(params: Params, ctx) -> dict:
         },
         "removed_by_rule": {name: removed[name] for name in order},
         "failing_by_rule": {name: failing[name] for name in order},
+        "bias_audit": audit_report,
     }
