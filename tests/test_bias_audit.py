@@ -42,8 +42,9 @@ def test_terms_are_matched_whole_word_by_category():
 def test_rate_ratio_and_its_interval():
     ratio, low, high = bias.rate_ratio(50, 100, 10, 100)
     assert ratio == pytest.approx(5.0) and 2.5 < low < 5.0 < high
-    ratio, low, high = bias.rate_ratio(0, 10, 5, 100)  # an empty cell: 0.5 added to each
-    assert 0 < low < ratio < high
+    ratio, low, high = bias.rate_ratio(3, 10, 0, 100)  # an empty cell: 0.5 added to each
+    assert ratio == float("inf") and 1.5 < low < high
+    assert bias.rate_ratio(0, 10, 2, 9000)[:2] == (0.0, 0.0)  # no removal: never flagged
 
 
 def _corpus(short_grouped: int, short_neutral: int) -> list[dict]:

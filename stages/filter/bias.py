@@ -5,8 +5,10 @@ For every rule that removes documents and every category of `identity_terms.yaml
 sexual orientation, religion, ethnicity, disability, dialect markers), the rule's removal rate
 among the documents it applies to that mention a term of the category, against its rate among
 those that mention no identity term at all: the rate ratio with a 95% confidence interval (Katz's
-log method; 0.5 added to every cell when one is empty). A rule is flagged for a category when
-the interval's lower bound exceeds `bias_audit.max_ratio`: the data say it removes that group's
+log method; 0.5 added to every cell when one is empty, and a group with no removal is never
+flagged). A rule is flagged for a category when
+the interval's lower bound exceeds `bias_audit.max_ratio` and the rule removed at least
+`bias_audit.min_removed` of the group's documents: the data say it removes that group's
 documents more often, not merely that a few documents fell that way. "Removes" counts every
 failure of the rule (`failing_by_rule`), not only the first failed rule, so a rule is judged
 whatever its position in the order.
@@ -33,6 +35,8 @@ ANY, REST = "any_identity_term", "no_identity_term"
 class Audit(StrictModel):
     max_ratio: float = Field(1.5, gt=1, description="flag a rule whose removal-rate ratio for a "
                              "category has its 95% lower bound above this")
+    min_removed: int = Field(5, ge=1, description="removals in a group before it can be flagged "
+                             "(Katz's interval is unreliable on a handful)")
     samples: int = Field(3, ge=0, description="removed identity-term documents shown per rule")
 
 
@@ -77,12 +81,16 @@ def count(applies: np.ndarray, fails: np.ndarray, groups: dict[str, np.ndarray],
 
 
 def rate_ratio(a: int, n1: int, b: int, n0: int) -> tuple[float, float, float]:
-    """(ratio, low, high) of the rates a/n1 and b/n0 with Katz's 95% interval."""
+    """(ratio, low, high) of the rates a/n1 and b/n0 with Katz's 95% interval; with an empty
+    cell the interval is computed with 0.5 added to each (Haldane), and no removal in the group
+    (a = 0) has ratio and lower bound 0: nothing to flag."""
+    ratio = (a / n1) / (b / n0) if b else math.inf
     if min(a, n1 - a, b, n0 - b) == 0:
         a, b, n1, n0 = a + 0.5, b + 0.5, n1 + 1, n0 + 1
-    ratio = (a / n1) / (b / n0)
     se = math.sqrt(1 / a - 1 / n1 + 1 / b - 1 / n0)
-    return ratio, ratio * math.exp(-1.96 * se), ratio * math.exp(1.96 * se)
+    centre = (a / n1) / (b / n0)
+    low = 0.0 if ratio == 0 else centre * math.exp(-1.96 * se)
+    return ratio, low, centre * math.exp(1.96 * se)
 
 
 def report(counts: dict[str, Counter], failing: Counter, params: Audit) -> dict:
@@ -101,8 +109,9 @@ def report(counts: dict[str, Counter], failing: Counter, params: Audit) -> dict:
                      "rate": round(removed / docs, 6) if docs else None}
             if docs and rest_docs:
                 ratio, low, high = rate_ratio(removed, docs, rest_removed, rest_docs)
-                entry |= {"ratio": round(ratio, 4), "ci95": [round(low, 4), round(high, 4)]}
-                if low > params.max_ratio:
+                entry |= {"ratio": round(ratio, 4) if math.isfinite(ratio) else None,
+                          "ci95": [round(low, 4), round(high, 4)]}
+                if low > params.max_ratio and removed >= params.min_removed:
                     flagged.append(f"{rule}/{cat}")
             row[cat] = entry
         rules[rule] = row
