@@ -144,3 +144,11 @@ class ProfanityCheck:
         if chunks:
             np.maximum.at(out, np.array(owner), predict_prob(chunks))
         return out
+
+
+@register("none")
+class NoScore:
+    """No toxicity scoring: 0 for every document (a classifier switched off)."""
+
+    def score(self, batch: Batch) -> np.ndarray:
+        return np.zeros(len(batch.texts))
