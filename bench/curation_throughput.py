@@ -115,6 +115,7 @@ def run_ours(root: Path, workers: int) -> dict:
                          "log_level": "WARNING"}
     params["filter"]["apply"] = {"prose": SAME_RULES, "code": SAME_RULES}
     params["dedup"]["keep"] = "first"  # datatrove keeps the copy it reads first
+    params["dedup"] |= {"bands": 14, "rows": 8}  # datatrove's LSH shape, not ours (22 x 5)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     registry.STAGES = tuple(s for s in registry.STAGES if s.name in ("signals", "filter", "dedup"))
     times = {}
