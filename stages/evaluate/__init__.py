@@ -103,7 +103,7 @@ def run(params: Params, ctx: StageContext) -> dict:
     goals = report.goals(rows, kv, speeds, params.kv_cache_types)
     charts = {name: ctx.out(f"{REPORTS}/{name}.png") for name in report.CHARTS}
     report.write(ctx.out(f"{REPORTS}/report.md"), charts, scores, speeds, goals, produced_by,
-                 scale(ctx, rows), max(params.kv_context, window), params.kv_cache_types)
+                 scale(ctx, rows), params.kv_context, params.kv_cache_types)
     return {"window": window, "models": rows, "kv_cache": kv, "speed": speeds, "goals": goals}
 
 
