@@ -46,8 +46,8 @@ COPY = ("stages", "params.yaml", "profiles", "models")
 VARIANTS = {"configured": {},
             "checkpointed": {"adapt": {"activation_checkpointing": True,
                                        "batch": {"micro_seqs": 2}}}}
-UPSTREAM = ("ingest", "signals", "filter", "dedup", "synth", "mix", "tokenize", "pretrain",
-            "refine")
+UPSTREAM = ("ingest", "signals", "quality", "filter", "dedup", "synth", "mix", "tokenize",
+            "pretrain", "refine")
 
 
 # glibc raises its mmap threshold as large blocks are freed, after which freed tensors stay in

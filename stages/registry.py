@@ -24,7 +24,7 @@ TRAINING_CODE = ("stages/train", "stages/model", "stages/tokenize/pack.py")
 # The shared training params (`stages.train.config.TrainParams`) a training stage declares: all
 # but `checkpoint`, whose cadence never changes a result.
 TRAINING_PARAMS = ("precision", "optimizer", "schedule", "batch", "train_tokens", "compile",
-                   "log_every", "eval")
+                   "seed", "log_every", "eval")
 
 
 def training_params(section: str, *own: str) -> tuple[str, ...]:
@@ -127,10 +127,35 @@ STAGES: tuple[Stage, ...] = (
         ),
     ),
     Stage(
+        name="quality",
+        description="A DCLM-style n-gram quality classifier trained on a reference, and every "
+        "document's score.",
+        code=("stages/quality",),
+        deps=("data/ingest", "data/signals"),
+        params=("base.seed", "quality"),
+        out="data/quality",
+        metrics=("reports/quality/metrics.json",),
+        plots=("reports/quality/scores.png",),
+        checks=(
+            MetricCheck(
+                "separates_heldout",
+                "each domain's held-out ROC AUC is at least 0.7 (positives from negatives)",
+                lambda m: all(d["heldout"] is None or d["heldout"]["roc_auc"] is None
+                              or d["heldout"]["roc_auc"] >= 0.7 for d in m["domains"].values()),
+                goal=True,
+            ),
+            MetricCheck(
+                "every_document_scored",
+                "a score for every corpus document",
+                lambda m: m["docs"] == sum(d["scores"]["docs"] for d in m["domains"].values()) > 0,
+            ),
+        ),
+    ),
+    Stage(
         name="filter",
         description="Thresholds from params applied to the stored signals: the filtered corpus.",
         code=("stages/filter", "stages/filter/identity_terms.yaml", "stages/textstats"),
-        deps=("data/ingest", "data/signals"),
+        deps=("data/ingest", "data/signals", "data/quality"),
         params=("filter",),
         out="data/filter",
         metrics=("reports/filter/metrics.json",),

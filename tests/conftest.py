@@ -74,7 +74,7 @@ def tiny_project_through(dest: Path, stages: tuple[str, ...]) -> Path:
 
 
 # Every stage before pretrain, in order (what a training stage's tests start from).
-UPSTREAM = ("ingest", "signals", "filter", "dedup", "synth", "mix", "tokenize")
+UPSTREAM = ("ingest", "signals", "quality", "filter", "dedup", "synth", "mix", "tokenize")
 
 
 @pytest.fixture(scope="session")

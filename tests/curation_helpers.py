@@ -18,7 +18,7 @@ from stages.textstats import normalized_hashes, shingle_rows
 
 REPO = Path(__file__).resolve().parent.parent
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
-CURATION = ("signals", "filter", "dedup")
+CURATION = ("signals", "quality", "filter", "dedup")
 SCHEMA = pa.schema([("doc_id", pa.string()), ("source", pa.string()), ("domain", pa.string()),
                     ("path", pa.string()), ("text", pa.string()), ("n_chars", pa.int64())])
 

@@ -66,7 +66,7 @@ def test_a_rule_that_removes_identity_documents_is_flagged(tmp_path, planted):
     corpus = _corpus(short_grouped=40 if planted else 10, short_neutral=30)
     root = make_root(tmp_path, corpus, filter={"apply": {"prose": ["gopher_quality"],
                                                          "code": ["code"]}})
-    _, m = run(root, "signals", "filter")
+    *_, m = run(root, "signals", "quality", "filter")
     audit = m["bias_audit"]
     words = audit["rules"]["gopher_quality.min_words"]
     # the counts reconcile with the filter's: any term + no term = every document, and the

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+import stages.quality
 import stages.signals
 from stages.filter import Params
 from stages.registry import stage
@@ -36,7 +37,7 @@ def root(tmp_path_factory):
     extra = [row(CURLY_PROSE, "curly"), row("def f(x):\n    return {x: 1}  # a dict\n", "dict",
                                             "code")]
     root = make_root(tmp_path_factory.mktemp("filter"), prose[:150] + code + extra + prose[150:])
-    run(root, "signals")
+    run(root, "signals", "quality")
     return root
 
 
@@ -107,6 +108,32 @@ def test_disabled_rules_and_apply_lists(root):
     assert m["by_domain"]["code"]["removed"] == 0
     with pytest.raises(ValueError, match="unknown rule groups"):
         Params(apply={"prose": ["gopher"]})
+
+
+def test_quality_top_fraction_keeps_the_best_scored_of_what_passes(root, monkeypatch):
+    (before,) = run(root, "filter")
+
+    def no_training(*_, **__):
+        raise AssertionError("a filter threshold must not retrain the classifier")
+
+    monkeypatch.setattr(stages.quality, "fit", no_training)
+    set_params(root, filter={"quality": {"top_fraction": 0.5}})
+    try:
+        (m,) = run(root, "filter")
+    finally:
+        set_params(root, filter={"quality": {"top_fraction": None}})
+    assert "data/quality" in stage("filter").deps
+    assert not any(p.startswith("filter") for p in stage("quality").params)
+    for domain, counts in m["by_domain"].items():
+        passing = before["by_domain"][domain]["kept"]
+        # ceil(half) of what passed the other rules (ties at the cut are kept)
+        assert counts["kept"] >= -(-passing // 2) and counts["kept"] <= passing // 2 + 2
+    assert set(m["quality_cuts"]) == {"prose", "code"}
+    assert m["removed_by_rule"]["quality.top_fraction"] == before["docs_kept"] - m["docs_kept"]
+    samples = [json.loads(line) for line in
+               (root / "data/filter/removed_samples.jsonl").read_text().splitlines()]
+    cut = [s for s in samples if s["rule"] == "quality.top_fraction"]
+    assert cut and all(s["value"] < m["quality_cuts"][s["domain"]] == s["threshold"] for s in cut)
 
 
 def test_filter_output_is_deterministic(root):

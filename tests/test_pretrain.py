@@ -23,7 +23,7 @@ from tests.conftest import TINY, set_params, tiny_project_through
 from tests.gguf_checks import assert_same_logits
 
 pytestmark = pytest.mark.slow
-UPSTREAM = ("ingest", "signals", "filter", "dedup", "synth", "mix", "tokenize")
+UPSTREAM = ("ingest", "signals", "quality", "filter", "dedup", "synth", "mix", "tokenize")
 
 
 @pytest.fixture(scope="module")

@@ -70,4 +70,5 @@ def test_refresh_propagates_only_on_new_data(project: Path, tmp_path: Path):
     (notes / "gd.md").write_text(DOC + "\nNesterov momentum evaluates the gradient ahead.\n")
     assert _refresh(project, instance) == {"ingest": True}
     requested, cursor = _requested(project, instance, cursor)
-    assert requested == {"signals", "filter", "dedup", "synth", "tokenize", "refine", "adapt"}
+    assert requested == {"signals", "quality", "filter", "dedup", "synth", "tokenize", "refine",
+                         "adapt"}

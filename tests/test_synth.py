@@ -25,7 +25,7 @@ from tests.conftest import TINY, set_params, tiny_project_through
 from tests.synth_servers import FlakyServer
 
 pytestmark = pytest.mark.slow
-UPSTREAM = ("ingest", "signals", "filter", "dedup")
+UPSTREAM = ("ingest", "signals", "quality", "filter", "dedup")
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,10 @@ removals only count toward its sentence rule; text is never edited). A removed d
 under the first rule it fails, in the order of `apply[domain]` and then of the group's fields, so
 per-rule counts add up to the removed total; `failing_by_rule` counts every failure.
 
+The `quality` group reads the quality classifier's scores (`data/quality/scores`, stage
+`quality`); its `top_fraction` is resolved first, per domain, to the score of the last document
+in that fraction of the ones passing every other rule (`quality_cuts` in the metrics).
+
 The bias audit (`stages.filter.bias`) asks of every rule that removes documents whether it
 removes those mentioning an identity group more often than the rest; flagged rules are logged,
 in the metrics (`bias_audit`) and a Dagster warning; `data/filter/bias_samples.jsonl` holds
@@ -16,6 +20,7 @@ removed identity-term documents per rule for a human to read.
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from functools import partial
 from pathlib import Path
@@ -34,6 +39,7 @@ from stages.filter.rules import (
     GopherQuality,
     GopherRepetition,
     Language,
+    Quality,
     Rule,
     Toxicity,
     rules_of,
@@ -49,15 +55,18 @@ from stages.textstats.shards import (
 
 CORPUS = "data/ingest/corpus"
 SIGNALS = "data/signals"
+SCORES = "data/quality/scores"
+QUALITY = "quality_score"
 OUT = "data/filter/corpus"
 SAMPLES = "data/filter/removed_samples.jsonl"
 BIAS_SAMPLES = "data/filter/bias_samples.jsonl"
-PROSE_GROUPS = ["gopher_quality", "gopher_repetition", "c4", "fineweb", "language", "toxicity"]
+PROSE_GROUPS = ["gopher_quality", "gopher_repetition", "c4", "fineweb", "language", "toxicity",
+                "quality"]
 
 
 class Params(StrictModel):
     apply: dict[str, list[str]] = Field(
-        default_factory=lambda: {"prose": PROSE_GROUPS, "code": ["code"]},
+        default_factory=lambda: {"prose": PROSE_GROUPS, "code": ["code", "quality"]},
         description="rule groups applied to each domain, in attribution order",
     )
     gopher_quality: GopherQuality = GopherQuality()
@@ -67,6 +76,7 @@ class Params(StrictModel):
     language: Language = Language()
     toxicity: Toxicity = Toxicity()
     code: Code = Code()
+    quality: Quality = Quality()
     samples_per_rule: int = Field(5, ge=0, description="removed documents reported per rule")
     bias_audit: bias.Audit = bias.Audit()
     sample_chars: int = Field(400, ge=1, description="text characters kept per removed sample")
@@ -80,10 +90,19 @@ class Params(StrictModel):
                 raise ValueError(f"{domain}: unknown rule groups {unknown}; known: {list(GROUPS)}")
         return apply
 
-    def rules(self) -> dict[str, list[Rule]]:
-        """Active rules per domain, in attribution order."""
-        return {d: [r for g in groups for r in rules_of(g, getattr(self, g))]
-                for d, groups in self.apply.items()}
+    def rules(self, cuts: dict[str, float] | None = None) -> dict[str, list[Rule]]:
+        """Active rules per domain, in attribution order; a `top` rule becomes a `min` rule at
+        the domain's cut, or is left out where `cuts` is None (to find the cuts)."""
+        out = {}
+        for domain, groups in self.apply.items():
+            rules = [r for g in groups for r in rules_of(g, getattr(self, g))]
+            out[domain] = [r if r.kind != "top" else Rule(r.name, r.column, "min", cuts[domain])
+                           for r in rules if r.kind != "top" or cuts is not None]
+        return out
+
+    def needs_cuts(self) -> bool:
+        return any(r.kind == "top" for g in {g for gs in self.apply.values() for g in gs}
+                   for r in rules_of(g, getattr(self, g)))
 
 
 def decide(sig: pa.Table, domains: np.ndarray, rules: dict[str, list[Rule]],
@@ -108,12 +127,51 @@ def decide(sig: pa.Table, domains: np.ndarray, rules: dict[str, list[Rule]],
     return first
 
 
-def _shard(src: Path, signals_dir: Path, out_dir: Path, params: Params) -> dict:
+def _signals(name: str, signals_dir: Path, scores_dir: Path, columns: list[str]) -> pa.Table:
+    """One shard's signal columns that the rules read, the quality score joined from its own
+    shards."""
+    own = [c for c in columns if c != QUALITY]
+    table = pq.read_table(signals_dir / name, columns=["doc_id", *own])
+    if QUALITY in columns:
+        scores = pq.read_table(scores_dir / name, columns=["doc_id", QUALITY])
+        if not scores["doc_id"].equals(table["doc_id"]):
+            raise ValueError(f"{name}: quality scores do not match the signals; re-run `quality`")
+        table = table.append_column(QUALITY, scores[QUALITY])
+    return table
+
+
+def quality_cuts(shards: list[Path], signals_dir: Path, scores_dir: Path,
+                 params: Params) -> dict[str, float]:
+    """Per domain with a `quality.top_fraction` rule: the score of the last document in that
+    fraction (best first) of the documents passing every other rule of the domain."""
+    rules = params.rules(cuts=None)
+    columns = sorted({r.column for rs in rules.values() for r in rs} | {QUALITY})
+    passing: dict[str, list[np.ndarray]] = {}
+    for src in shards:
+        sig = _signals(src.name, signals_dir, scores_dir, columns)
+        domains = np.array(pq.read_table(src, columns=["domain"])["domain"].to_pylist(),
+                           dtype=object)
+        first = decide(sig, domains, rules, failing=None)
+        scores = sig[QUALITY].to_numpy()
+        for domain in sorted(set(domains)):
+            passing.setdefault(domain, []).append(scores[(domains == domain) & (first == "")])
+    cuts = {}
+    for domain, groups in sorted(params.apply.items()):
+        if "quality" not in groups or params.quality.top_fraction is None:
+            continue
+        scores = np.sort(np.concatenate(passing.get(domain, [np.zeros(0)])))[::-1]
+        k = math.ceil(params.quality.top_fraction * len(scores))
+        cuts[domain] = float(scores[k - 1]) if k else 0.0
+    return cuts
+
+
+def _shard(src: Path, signals_dir: Path, scores_dir: Path, out_dir: Path, params: Params,
+           cuts: dict[str, float]) -> dict:
     """Filter one shard; returns counts and the removed samples with the smallest doc ids."""
-    rules = params.rules()
+    rules = params.rules(cuts)
     by_name = {r.name: r for rs in rules.values() for r in rs}
     columns = sorted({r.column for r in by_name.values()})
-    signals = pq.read_table(signals_dir / src.name, columns=["doc_id", *columns])
+    signals = _signals(src.name, signals_dir, scores_dir, columns)
     schema = pq.read_schema(src)
     counts: dict[str, Counter] = {k: Counter() for k in ("in", "kept", "chars_in", "chars_kept")}
     removed, failing, samples = Counter(), Counter(), {}
@@ -171,12 +229,20 @@ def _shard(src: Path, signals_dir: Path, out_dir: Path, params: Params) -> dict:
 def run(params: Params, ctx) -> dict:
     shards = list_shards(ctx.dep(CORPUS))
     signals_dir = ctx.dep(SIGNALS)
-    missing = [s.name for s in shards if not (signals_dir / s.name).exists()]
-    if missing:
-        raise ValueError(f"signals missing for shards {missing[:5]}; re-run the signals stage")
+    scores_dir = ctx.dep(SCORES)
+    for directory, stage in ((signals_dir, "signals"), (scores_dir, "quality")):
+        missing = [s.name for s in shards if not (directory / s.name).exists()]
+        if missing:
+            raise ValueError(f"{directory.name} missing for shards {missing[:5]}; re-run the "
+                             f"{stage} stage")
+    cuts = quality_cuts(shards, signals_dir, scores_dir, params) if params.needs_cuts() else {}
+    for domain, cut in cuts.items():
+        ctx.log.info("filter: %s keeps quality score >= %.4f (top %g of what passes the other "
+                     "rules)", domain, cut, params.quality.top_fraction)
     out_dir = ctx.out(OUT)
     out_dir.mkdir(parents=True)
-    work = partial(_shard, signals_dir=signals_dir, out_dir=out_dir, params=params)
+    work = partial(_shard, signals_dir=signals_dir, scores_dir=scores_dir, out_dir=out_dir,
+                   params=params, cuts=cuts)
     counts: dict[str, Counter] = {k: Counter() for k in ("in", "kept", "chars_in", "chars_kept")}
     removed, failing, samples, rows, columns = Counter(), Counter(), {}, [], []
     audit: dict[str, Counter] = {}
@@ -199,7 +265,7 @@ def run(params: Params, ctx) -> dict:
             rows.append((src.name, s["rows"]))
             columns = s["columns"]
     write_manifest(out_dir, rows, columns)
-    order = [r.name for rs in params.rules().values() for r in rs]
+    order = [r.name for rs in params.rules(cuts).values() for r in rs]
     order = list(dict.fromkeys(order))
     ctx.out(SAMPLES).write_text("".join(
         json.dumps(item, sort_keys=True, ensure_ascii=False) + "\n"
@@ -230,5 +296,6 @@ def run(params: Params, ctx) -> dict:
         },
         "removed_by_rule": {name: removed[name] for name in order},
         "failing_by_rule": {name: failing[name] for name in order},
+        "quality_cuts": cuts,
         "bias_audit": audit_report,
     }

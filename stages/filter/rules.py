@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
+from pydantic import Field
 
 from stages.params import StrictModel
 
@@ -99,6 +100,16 @@ class Code(StrictModel):
     max_comment_frac: float | None = 0.8
 
 
+class Quality(StrictModel):
+    """The quality classifier's score (stage `quality`): keep documents scoring at least
+    `min_score`, and/or each domain's `top_fraction` by score among the documents that pass
+    every other rule of the domain (DCLM keeps the top 10% after its heuristics)."""
+
+    prefix: ClassVar[str] = "quality_"
+    min_score: float | None = Field(None, ge=0, le=1)
+    top_fraction: float | None = Field(None, gt=0, le=1)
+
+
 GROUPS: dict[str, type[StrictModel]] = {
     "gopher_quality": GopherQuality,
     "gopher_repetition": GopherRepetition,
@@ -107,6 +118,7 @@ GROUPS: dict[str, type[StrictModel]] = {
     "language": Language,
     "toxicity": Toxicity,
     "code": Code,
+    "quality": Quality,
 }
 
 
@@ -114,10 +126,12 @@ GROUPS: dict[str, type[StrictModel]] = {
 class Rule:
     name: str  # "<group>.<field>"
     column: str
-    kind: str  # "min", "max", "flag" or "in"
+    kind: str  # "min", "max", "flag", "in", or "top" (a fraction, resolved per domain to "min")
     threshold: Any
 
     def fails(self, table: pa.Table) -> np.ndarray:
+        if self.kind == "top":
+            raise ValueError(f"{self.name}: a top fraction needs its per-domain cut (filter.cuts)")
         if self.kind == "in":
             return ~np.isin(np.array(table[self.column].to_pylist(), dtype=object),
                             list(self.threshold))
@@ -135,7 +149,9 @@ def rules_of(group: str, model: StrictModel) -> list[Rule]:
     for field, value in model:
         if value is None or value is False:
             continue
-        if field == "languages":
+        if field == "top_fraction":
+            rules.append(Rule(f"{group}.{field}", model.prefix + "score", "top", value))
+        elif field == "languages":
             rules.append(Rule(f"{group}.{field}", "lang", "in", tuple(value)))
         elif field.startswith(("min_", "max_")):
             rules.append(Rule(f"{group}.{field}", model.prefix + field[4:], field[:3], value))

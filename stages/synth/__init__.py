@@ -106,6 +106,15 @@ class QC(StrictModel):
         description="filter rule groups (thresholds from `filter`) applied per domain")
     min_chars: int = Field(40, ge=0)
 
+    @field_validator("rules")
+    @classmethod
+    def _corpus_rules_only(cls, rules: dict[str, list[str]]) -> dict[str, list[str]]:
+        for domain, groups in rules.items():
+            if "quality" in groups:
+                raise ValueError(f"{domain}: `quality` ranks the corpus by its classifier (a "
+                                 "corpus-relative cut); it is not a rule for generated text")
+        return rules
+
 
 class Limo(StrictModel):
     size: int = Field(300, ge=0)

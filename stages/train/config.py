@@ -69,11 +69,11 @@ class TrainParams(StrictModel):
     train_tokens: int = Field(320_000, ge=1, description="stop after this many sequence tokens "
                               "(rounded up to whole steps)")
     compile: bool = Field(False, description="torch.compile the training step")
+    seed: int | None = Field(None, description="model init and data order; None = base.seed "
+                             "(what a seed ablation varies, the data splits staying put)")
     log_every: int = Field(5, ge=1)
     eval: EvalParams = EvalParams()
     checkpoint: CheckpointParams = CheckpointParams()
-
-
 
     def steps(self, seq_len: int) -> int:
         """Optimizer steps that cover `train_tokens` at this global batch."""

@@ -68,12 +68,13 @@ def train(ctx, params, task: str, inputs: list[Path], out: Path, ckpt: Path,
 
     out.mkdir(parents=True, exist_ok=True)
     processes = ctx.runtime.train_processes
+    seed = ctx.base.seed if params.seed is None else params.seed
     with tempfile.TemporaryDirectory(prefix=f"{ctx.stage.name}-") as scratch:
         spec = {
             "stage": ctx.stage.name, "task": task,
-            "params": params.model_dump(mode="json"), "seed": ctx.base.seed,
+            "params": params.model_dump(mode="json"), "seed": seed,
             "out_dir": str(out), "ckpt_dir": str(ckpt),
-            "identity": identity(params, ctx.base.seed, inputs, ctx.root,
+            "identity": identity(params, seed, inputs, ctx.root,
                                  ctx.stage.code_files(ctx.root)),
             "launch": str(os.getpid()), "report": str(Path(scratch) / "report.json"),
             "threads": ctx.workers, "log_level": ctx.runtime.log_level,
