@@ -172,10 +172,13 @@ def main() -> None:
     ap.add_argument("--eval-every", type=int, default=5, help="pretrain.eval.every_steps")
     ap.add_argument("--png", type=Path, default=ROOT / "docs" / "data_efficiency.png")
     ap.add_argument("--json", type=Path, default=ROOT / "bench/results/data_efficiency.json")
+    ap.add_argument("--summarize-only", action="store_true",
+                    help="re-summarize the runs saved in WORKDIR/runs.json, running nothing")
     args = ap.parse_args()
 
-    results: dict = {}
-    for name in args.variants:
+    saved = args.workdir / "runs.json"
+    results: dict = json.loads(saved.read_text()) if args.summarize_only else {}
+    for name in [] if args.summarize_only else args.variants:
         overrides = merge(json.loads(json.dumps(VARIANTS[name])),
                           {"pretrain": {"eval": {"every_steps": args.eval_every}}})
         root = workspace(args.workdir / name, overrides)
@@ -194,6 +197,7 @@ def main() -> None:
             results[name]["runs"].append(run)
             print(f"[{name} seed {seed}] final held-out bpb {run['final_eval_bpb']:.4f} "
                   f"({run['train_corpus_tokens']} corpus tokens, {run['seconds']} s)", flush=True)
+            saved.write_text(json.dumps(results, indent=1) + "\n")
 
     base = "raw" if "raw" in results else next(iter(results))
     summary = summarize(results, base)
