@@ -109,17 +109,18 @@ def run_ours(root: Path, workers: int) -> dict:
     from stages.runner import run_stage
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params = {k: params[k] for k in ("base", "runtime", "orchestration", "signals", "filter",
-                                     "dedup")}
+    params = {k: params[k] for k in ("base", "runtime", "orchestration", "signals", "quality",
+                                     "filter", "dedup")}
     params["runtime"] = {**params["runtime"], "workers": workers, "progress": False,
                          "log_level": "WARNING"}
     params["filter"]["apply"] = {"prose": SAME_RULES, "code": SAME_RULES}
     params["dedup"]["keep"] = "first"  # datatrove keeps the copy it reads first
     params["dedup"] |= {"bands": 14, "rows": 8}  # datatrove's LSH shape, not ours (22 x 5)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
-    registry.STAGES = tuple(s for s in registry.STAGES if s.name in ("signals", "filter", "dedup"))
+    registry.STAGES = tuple(s for s in registry.STAGES
+                            if s.name in ("signals", "quality", "filter", "dedup"))
     times = {}
-    for name in ("signals", "filter", "dedup"):
+    for name in ("signals", "quality", "filter", "dedup"):
         if name == "dedup":  # deduplicate the whole corpus, as datatrove's MinHash does below
             filtered = doc_ids(root / "data/filter/corpus")
             shutil.rmtree(root / "data/filter/corpus")
@@ -127,6 +128,7 @@ def run_ours(root: Path, workers: int) -> dict:
         start = time.perf_counter()
         run_stage(name, root)
         times[name] = time.perf_counter() - start
+    times.pop("quality")  # filter's input, but no rule of SAME_RULES reads it: not datatrove's work
     return {"times": times, "filtered": filtered, "deduped": doc_ids(root / "data/dedup/corpus")}
 
 

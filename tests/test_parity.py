@@ -119,6 +119,17 @@ def test_dvc_first(reproduced: Path, tmp_path: Path):
         set_params(project, **{k: original[k] for k in edit})
         assert dagster_unsynced(project, instance) == set() == dvc_changed(project)
 
+    # A quality threshold stales `filter` alone (not the classifier, not synth's QC: what follows
+    # re-runs only if the kept set changes); a classifier training param stales `quality`
+    # alone (filter follows if the scores change).
+    for edit, stale in (({"filter": {"quality": {"top_fraction": 0.5}}}, {"filter"}),
+                        ({"quality": {"c": 0.5}}, {"quality"})):
+        original = yaml.safe_load((project / "params.yaml").read_text())
+        set_params(project, **edit)
+        assert dagster_unsynced(project, instance) == stale == dvc_changed(project)
+        set_params(project, **{k: original[k] for k in edit})
+        assert dagster_unsynced(project, instance) == set() == dvc_changed(project)
+
     # A new generator model (a declared input no stage produces) stales exactly `synth`.
     generator = project / "models/generator/other-model.gguf"
     generator.write_bytes(b"GGUF weights of a model")
