@@ -38,7 +38,7 @@ from dagster import (
 
 from assets.stage_runner import StageCrashed, run_streamed
 from orchestration import ledger
-from orchestration.dvc_cli import dvc
+from orchestration.dvc_cli import commit
 from stages import params as params_mod
 from stages.registry import STAGES, MetricCheck, Stage, upstream
 
@@ -188,7 +188,7 @@ def materialize_stage(
         for reason in reasons:
             context.log.info(f"{stage.name} runs because: {reason}")
         stage_seconds = _run_or_retry(context, stage, root, orch or params_mod.Orchestration())
-        dvc(root, "commit", "--force", "--quiet", stage.name)
+        commit(root, stage.name)
         fp = ledger.fingerprint(stage, root)
         if not fp.current:
             raise RuntimeError(f"{stage.name}: dvc.lock does not match after commit: {fp.reasons}")

@@ -27,7 +27,7 @@ from stages.params import StrictModel
 class Features(StrictModel):
     ngrams: int = Field(2, ge=1, le=3, description="word n-grams 1..ngrams (DCLM: bigrams)")
     hash_bits: int = Field(18, ge=10, le=24, description="2**hash_bits feature buckets")
-    max_chars: int = Field(20_000, ge=100, description="leading characters of a document read")
+    max_chars: int = Field(10_000, ge=100, description="leading characters of a document read")
 
     def vectorizer(self):
         from sklearn.feature_extraction.text import HashingVectorizer
