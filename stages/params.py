@@ -33,6 +33,13 @@ class Runtime(StrictModel):
     workers: int = Field(
         0, ge=0, description="worker processes for shard-parallel work; 0 = all cores"
     )
+    executor: Literal["local", "ray"] = Field(
+        "local", description="where data-parallel work runs (stages/executor.py); $SLM_EXECUTOR "
+        "overrides")
+    ray_address: str | None = Field(
+        None, description="a running Ray cluster (`host:port`, `auto`); None: RAY_ADDRESS, else a "
+        "local Ray started for the stage")
+    ray_task_retries: int = Field(3, ge=0, description="re-runs of a task whose worker died")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     progress: bool = True
     train_processes: int = Field(

@@ -18,7 +18,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 
 # Code every stage runs through (runner, atomic writes, params loading).
-COMMON_CODE = ("stages/runner.py", "stages/atomic.py", "stages/params.py")
+COMMON_CODE = ("stages/runner.py", "stages/atomic.py", "stages/params.py", "stages/executor.py")
 # What every training stage runs: the shared loop, the model, packed-token reading.
 TRAINING_CODE = ("stages/train", "stages/model", "stages/tokenize/pack.py")
 # The shared training params (`stages.train.config.TrainParams`) a training stage declares: all
@@ -130,7 +130,7 @@ STAGES: tuple[Stage, ...] = (
         name="quality",
         description="A DCLM-style n-gram quality classifier trained on a reference, and every "
         "document's score.",
-        code=("stages/quality",),
+        code=("stages/quality", "stages/textstats/shards.py"),
         deps=("data/ingest", "data/signals"),
         params=("base.seed", "quality"),
         out="data/quality",

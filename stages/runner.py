@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from stages import atomic, params
+from stages.executor import Executor, open_executor
 from stages.registry import ROOT, Stage, stage
 
 T = TypeVar("T")
@@ -83,6 +84,10 @@ class StageContext:
     @property
     def workers(self) -> int:
         return self.runtime.workers or len(os.sched_getaffinity(0))
+
+    def executor(self) -> Executor:
+        """Where this stage's data-parallel work runs: local processes or Ray (runtime)."""
+        return open_executor(self.runtime, self.workers)
 
     def progress(self, items: Iterable[T], total: int | None, desc: str) -> Iterator[T]:
         """Iterate with progress: a tqdm bar on a terminal, periodic log lines otherwise."""

@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 from pydantic import Field, field_validator, model_validator
 
 from stages.dedup import minhash, report, softdedup
+from stages.executor import Executor
 from stages.params import StrictModel
 from stages.textstats import (
     ngram_hashes,
@@ -47,7 +48,6 @@ from stages.textstats import (
 from stages.textstats.shards import (
     ShardWriter,
     Unit,
-    Workers,
     list_shards,
     read_batches,
     units,
@@ -280,11 +280,11 @@ def _representatives(group: np.ndarray, rank: np.ndarray) -> np.ndarray:
 
 
 def run(params: Params, ctx) -> dict:
-    with Workers(ctx.workers) as pool:
+    with ctx.executor() as pool:
         return _run(params, ctx, pool)
 
 
-def _run(params: Params, ctx, pool: Workers) -> dict:
+def _run(params: Params, ctx, pool: Executor) -> dict:
     shards = list_shards(ctx.dep(CORPUS))
     out_dir = ctx.out(OUT)
     out_dir.mkdir(parents=True)

@@ -47,7 +47,6 @@ from stages.filter.rules import (
 from stages.params import StrictModel
 from stages.textstats.shards import (
     ShardWriter,
-    Workers,
     list_shards,
     read_batches,
     write_manifest,
@@ -247,7 +246,7 @@ def run(params: Params, ctx) -> dict:
     removed, failing, samples, rows, columns = Counter(), Counter(), {}, [], []
     audit: dict[str, Counter] = {}
     audit_samples: dict[str, list] = {}
-    with Workers(ctx.workers) as pool:
+    with ctx.executor() as pool:
         results = ctx.progress(pool.map(work, shards), len(shards), "filter")
         for src, s in zip(shards, results, strict=True):
             for key in counts:

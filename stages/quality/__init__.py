@@ -33,7 +33,7 @@ from stages.params import StrictModel
 from stages.quality import report
 from stages.quality.classifier import Classifier, Features, fit, held_out, top_ngrams
 from stages.runner import StageInputError
-from stages.textstats.shards import ShardWriter, Workers, list_shards, units, write_manifest
+from stages.textstats.shards import ShardWriter, list_shards, units, write_manifest
 
 CORPUS = "data/ingest/corpus"
 SIGNALS = "data/signals"
@@ -169,7 +169,7 @@ def run(params: Params, ctx) -> dict:
     out_dir.mkdir(parents=True)
     shards, rows, all_scores = list_shards(corpus), [], []
     work = units(shards)
-    with Workers(ctx.workers) as pool:
+    with ctx.executor() as pool:
         tables = ctx.progress(pool.map(partial(_score_unit, models=models, domains=domains), work),
                               len(work), "quality scores")
         writer = None

@@ -20,7 +20,6 @@ from stages.textstats import tokenize
 from stages.textstats.shards import (
     ShardWriter,
     Unit,
-    Workers,
     list_shards,
     units,
     write_manifest,
@@ -101,7 +100,7 @@ def run(params: Params, ctx) -> dict:
     out_dir.mkdir(parents=True)
     docs, langs, flags, sums, rows = Counter(), Counter(), Counter(), {}, []
     writer, columns = None, []
-    with Workers(ctx.workers) as pool:
+    with ctx.executor() as pool:
         results = ctx.progress(pool.map(partial(_unit, params=params), work), len(work), "signals")
         for unit, (table, s) in zip(work, results, strict=True):
             if writer is None or writer.path != out_dir / unit.path.name:

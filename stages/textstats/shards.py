@@ -1,10 +1,9 @@
-"""Sharded parquet corpora: listing, batched reading, deterministic writing, shard-parallel map."""
+"""Sharded parquet corpora: listing, batched reading, deterministic writing."""
 
 from __future__ import annotations
 
 import json
-import multiprocessing
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -84,28 +83,3 @@ def write_manifest(directory: Path, shards: Sequence[tuple[str, int]], columns: 
         "shards": [{"file": name, "rows": rows} for name, rows in shards],
     }
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-
-
-class Workers:
-    """Worker processes for one stage run, started once (spawned: safe under threads).
-
-    `map` keeps input order; with one worker, or one item, it runs in this process.
-    """
-
-    def __init__(self, workers: int):
-        self.workers = workers
-        self._pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
-
-    def map(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
-        items = list(items)
-        if self._pool is None or len(items) <= 1:
-            return map(fn, items)
-        return self._pool.imap(fn, items)
-
-    def __enter__(self) -> Workers:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._pool is not None:
-            self._pool.terminate()
-            self._pool.join()

@@ -1,0 +1,121 @@
+"""The data-parallel executor: local processes and a real Ray cluster (a head and a worker node on
+127.0.0.1) give byte-identical stage outputs, a worker killed mid-stage is retried by Ray with the
+output unchanged, and the choice never makes a stage stale."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from stages.executor import open_executor
+from stages.params import Runtime
+from stages.registry import STAGES
+from tests.conftest import sh
+from tests.curation_helpers import docstrings, file_bytes, make_root, row, run, set_params
+
+pytestmark = pytest.mark.slow
+CURATION = ("signals", "quality", "filter", "dedup")
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A Ray cluster of two nodes on this machine, one CPU each, started as a team would start
+    one (`ray start --head`, then `ray start --address` on a worker node); Ray's token
+    authentication (its default) guards the ports."""
+    from orchestration.webserver import free_port
+
+    port = free_port()
+    head = sh("ray", "start", "--head", "--port", str(port), "--num-cpus", "1",
+              "--include-dashboard", "false", "--disable-usage-stats", cwd=Path.cwd())
+    address = re.search(r"ray start --address='([^']+)'", head.stdout + head.stderr).group(1)
+    saved = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "token"  # what joins the cluster presents its token
+    try:
+        sh("ray", "start", "--address", address, "--num-cpus", "1", "--disable-usage-stats",
+           cwd=Path.cwd())
+        yield address
+    finally:
+        sh("ray", "stop", "--force", cwd=Path.cwd(), check=False)
+        if saved is None:
+            del os.environ["RAY_AUTH_MODE"]
+        else:
+            os.environ["RAY_AUTH_MODE"] = saved
+
+
+def _square_dying_once(marker: Path, item: int) -> int:
+    """Squares; the first time it sees item 3 its worker process is SIGKILLed."""
+    if item == 3 and not marker.exists():
+        marker.touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return item * item
+
+
+def test_ray_retries_a_killed_worker_and_keeps_order(ray_cluster, tmp_path):
+    from functools import partial
+
+    runtime = Runtime(executor="ray", ray_address=ray_cluster)
+    with open_executor(runtime, workers=2) as pool:
+        assert pool.workers == 2  # the cluster's CPUs, over both nodes
+        got = list(pool.map(partial(_square_dying_once, tmp_path / "died"), range(8)))
+    assert got == [i * i for i in range(8)]
+    assert (tmp_path / "died").exists()  # the task was killed once, then re-run
+
+
+def _corpus() -> list[dict]:
+    texts = docstrings(20)
+    return [row(t, f"d{i}") for i, t in enumerate(texts[:600])] + [
+        row(texts[i], f"dup{i}") for i in range(0, 60, 3)]  # exact duplicates for dedup
+
+
+def _kill_one_ray_worker(stop: threading.Event, killed: list[int]) -> None:
+    """Kill the first Ray worker process seen running a task (`ray::_call`)."""
+    import psutil
+
+    while not stop.is_set() and not killed:
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            if any("ray::_call" in part for part in (proc.info["cmdline"] or [])):
+                proc.kill()
+                killed.append(proc.info["pid"])
+                return
+        time.sleep(0.01)
+
+
+def test_local_and_ray_outputs_are_identical_even_after_a_killed_worker(ray_cluster, tmp_path):
+    local = make_root(tmp_path / "local", _corpus(), runtime={"workers": 2})
+    remote = tmp_path / "ray"
+    shutil.copytree(local, remote)
+    run(local, *CURATION)
+    set_params(remote, runtime={"executor": "ray", "ray_address": ray_cluster})
+    run(remote, "signals", "quality")
+    stop, killed = threading.Event(), []
+    killer = threading.Thread(target=_kill_one_ray_worker, args=(stop, killed))
+    killer.start()
+    try:
+        run(remote, "filter", "dedup")
+    finally:
+        stop.set()
+        killer.join()
+    assert killed, "no Ray worker was seen running a task"
+    for out in ("data/signals", "data/quality", "data/filter", "data/dedup"):
+        assert file_bytes(remote / out) == file_bytes(local / out), out
+    for name in CURATION:
+        assert ((remote / f"reports/{name}/metrics.json").read_bytes()
+                == (local / f"reports/{name}/metrics.json").read_bytes())
+
+
+def test_the_executor_is_runtime_not_identity():
+    assert not any(p.startswith(("runtime", "executor")) for s in STAGES for p in s.params)
+    assert Runtime().executor == "local"
+    with pytest.raises(ValueError, match="unknown executor 'spark'"):
+        os.environ["SLM_EXECUTOR"] = "spark"
+        try:
+            open_executor(Runtime(), 1)
+        finally:
+            del os.environ["SLM_EXECUTOR"]
