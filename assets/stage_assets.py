@@ -43,6 +43,9 @@ from stages import params as params_mod
 from stages.registry import STAGES, MetricCheck, Stage, upstream
 
 GPU_POOL = "gpu"
+# What a GPU stage's pod asks Kubernetes for under the k8s step executor (ignored elsewhere).
+GPU_POD = {"dagster-k8s/config": {"container_config": {"resources": {
+    "limits": {"nvidia.com/gpu": "1"}, "requests": {"cpu": "4", "memory": "32Gi"}}}}}
 SYNC_CHECK = "in_sync_with_dvc_lock"
 
 
@@ -229,6 +232,7 @@ def build_stage_asset(stage: Stage, root: Path, raw_params: dict[str, Any]):
         group_name="pipeline",
         kinds={"python", "dvc"},
         pool=GPU_POOL if stage.gpu else None,
+        op_tags=GPU_POD if stage.gpu else None,
         automation_condition=propagation_condition(),
         metadata={"cmd": stage.cmd, "out": stage.out, "params": ", ".join(stage.params)},
     )

@@ -13,6 +13,7 @@ from dagster import (
     DefaultScheduleStatus,
     DefaultSensorStatus,
     Definitions,
+    ExecutorDefinition,
     RunConfig,
     ScheduleDefinition,
     SensorEvaluationContext,
@@ -26,6 +27,7 @@ from stages import params as params_mod
 
 REFRESH_SCHEDULE = "corpus_refresh"
 SYNC_SENSOR = "dvc_lock_sync"
+EXECUTOR_ENV = "SLM_DAGSTER_EXECUTOR"
 
 
 def project_root() -> Path:
@@ -37,6 +39,19 @@ def project_root() -> Path:
         if (candidate / "dvc.yaml").exists() and (candidate / "stages").is_dir():
             return candidate
     return Path(__file__).resolve().parent.parent
+
+
+def step_executor(orch: params_mod.Orchestration) -> ExecutorDefinition | None:
+    """Dagster's executor for a run's steps: configuration ($SLM_DAGSTER_EXECUTOR, else
+    `orchestration.executor`), not code. None: Dagster's default (local processes)."""
+    kind = os.environ.get(EXECUTOR_ENV) or orch.executor
+    if kind == "multiprocess":
+        return None
+    if kind == "k8s":
+        from dagster_k8s import k8s_job_executor  # pip install ".[cluster]"
+
+        return k8s_job_executor
+    raise ValueError(f"unknown Dagster executor {kind!r} (${EXECUTOR_ENV}): multiprocess or k8s")
 
 
 def build_definitions(root: Path) -> Definitions:
@@ -68,6 +83,7 @@ def build_definitions(root: Path) -> Definitions:
         asset_checks=[build_checks(root)],
         schedules=[refresh],
         sensors=[dvc_lock_sync],
+        executor=step_executor(orch),
     )
 
 

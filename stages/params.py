@@ -60,6 +60,9 @@ class Runtime(StrictModel):
 
 
 class Orchestration(StrictModel):
+    executor: Literal["multiprocess", "k8s"] = Field(
+        "multiprocess", description="Dagster's step executor: steps as local processes, or as "
+        "Kubernetes Jobs (dagster-k8s); $SLM_DAGSTER_EXECUTOR overrides")
     refresh_cron: str = "0 3 * * 0"  # weekly, Sunday 03:00
     refresh_timezone: str = "UTC"
     crash_retries: int = Field(
