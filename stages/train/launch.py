@@ -45,16 +45,19 @@ def identity(params, seed: int, inputs: list[Path], root: Path, code: tuple[str,
     return h.hexdigest()
 
 
-def launch(spec_path: Path, processes: int, threads: int, config: str | None) -> None:
+def launch(spec_path: Path, processes: int, threads: int, config: str | None, log) -> None:
     """`accelerate launch` the training processes: DDP by default (`--multi_gpu` is also
     accelerate's multi-CPU path: without CUDA it starts gloo processes), or whatever an
-    `accelerate config` file says (FSDP, several machines)."""
+    `accelerate config` file says (FSDP, several machines: this is machine rank 0; the command is
+    logged for the others, which need the project at the same path on a shared filesystem)."""
     how = (["--config_file", config] if config else
            ["--multi_gpu", "--num_machines", "1", "--mixed_precision", "no",
             "--dynamo_backend", "no"])
     cmd = [sys.executable, "-m", "accelerate.commands.launch", *how,
            "--num_processes", str(processes), "--num_cpu_threads_per_process",
            str(max(1, threads // processes)), "-m", "stages.train.loop", str(spec_path)]
+    log.info("training launch (other machines: the same with --machine_rank <k>): %s",
+             " ".join(cmd))
     proc = subprocess.run(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     if proc.returncode:
         raise RuntimeError(f"accelerate launch exited with {proc.returncode}; see the log above")
@@ -83,9 +86,10 @@ def train(ctx, params, task: str, inputs: list[Path], out: Path, ckpt: Path,
         if processes == 1 and not ctx.runtime.accelerate_config:
             run_training(spec)
         else:
-            spec_path = Path(scratch) / "spec.json"
+            spec_path = ckpt / "launch-spec.json"  # beside the checkpoints: every machine's
+            ckpt.mkdir(parents=True, exist_ok=True)  # processes read it
             spec_path.write_text(json.dumps(spec))
-            launch(spec_path, processes, ctx.workers, ctx.runtime.accelerate_config)
+            launch(spec_path, processes, ctx.workers, ctx.runtime.accelerate_config, ctx.log)
         report = json.loads(Path(spec["report"]).read_text())
     return json.loads((out / "training.json").read_text()), report
 
