@@ -1,4 +1,4 @@
-"""CLI: `python -m orchestration gen-dvc|check-dvc|why <stage>|status|sync`."""
+"""CLI: `python -m orchestration gen-dvc|check-dvc|why <stage>|sync|run-on-worker <stage>`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from orchestration import dvc_yaml, ledger
-from stages.registry import STAGES, stage
+from stages.registry import STAGES, producer_of, stage
 
 
 def _why(root: Path, names: list[str]) -> int:
@@ -25,6 +25,23 @@ def _why(root: Path, names: list[str]) -> int:
     return 1 if stale else 0
 
 
+def _run_on_worker(root: Path, name: str) -> int:
+    """On a machine that has only the repository: pull the stage's declared inputs from the DVC
+    remote, run the stage alone, push its outputs. The launching machine then takes the new
+    dvc.lock (git) and `dvc pull`s; the stage is up to date there in DVC and Dagster."""
+    from orchestration.dvc_cli import dvc
+
+    s = stage(name)
+    inputs = [d for d in s.deps if producer_of(d) is not None]
+    if inputs:
+        dvc(root, "pull", *inputs)
+        print(f"pulled {', '.join(inputs)}")
+    dvc(root, "repro", "--single-item", name)
+    dvc(root, "push", name)
+    print(f"ran {name} and pushed {', '.join(s.all_outs)}; commit dvc.lock for the launcher")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m orchestration", description=__doc__)
     parser.add_argument("--root", type=Path, default=Path.cwd(), help="project root (default: cwd)")
@@ -34,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     why = sub.add_parser("why", help="explain why stages are stale against dvc.lock")
     why.add_argument("stages", nargs="*", help="default: all stages")
     sub.add_parser("sync", help="record dvc.lock results made outside Dagster in Dagster")
+    worker = sub.add_parser("run-on-worker", help="pull a stage's inputs from the DVC remote, "
+                            "run it alone, push its outputs")
+    worker.add_argument("stage")
     args = parser.parse_args(argv)
     root = args.root.resolve()
     if args.command == "gen-dvc":
@@ -51,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
 
         for line in sync_to_instance(root):
             print(line)
+    elif args.command == "run-on-worker":
+        return _run_on_worker(root, args.stage)
     return 0
 
 
