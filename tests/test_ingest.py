@@ -155,6 +155,32 @@ def test_deterministic_and_portable(tmp_path):
     assert str(tmp_path) not in one["reports/ingest/metrics.json"].decode()
 
 
+def test_streams_through_spill_runs_with_identical_output(tmp_path, monkeypatch):
+    """Spilled in many small sorted runs and merged, the output is byte for byte the output of
+    one run in memory; shards and row groups come out at the declared sizes."""
+    from stages.ingest import shards
+
+    ingest = {"sources": [{"name": "builtin", "kind": "builtin", "parts": ["pydoc_topics"],
+                           "max_docs": 60}],
+              "heldout_fraction": 0.2, "shard_docs": 7, "row_group_docs": 3}
+    run_ingest(tmp_path / "one", ingest)
+    runs = []
+    flush = shards.Spill.flush
+    monkeypatch.setattr(shards, "RUN_CHARS", 20_000)
+    monkeypatch.setattr(shards.Spill, "flush", lambda self: (flush(self), runs.append(
+        len(self.runs)))[0])
+    run_ingest(tmp_path / "many", ingest)
+    assert max(runs) >= 10  # the corpus went to disk in many runs, not held at once
+    assert all_outputs(tmp_path / "one") == all_outputs(tmp_path / "many")
+    for split in ("corpus", "heldout"):
+        for entry in manifest(tmp_path / "many", split)["shards"]:
+            meta = pq.ParquetFile(tmp_path / "many/data/ingest" / split / entry["file"]).metadata
+            assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [
+                min(3, entry["docs"] - 3 * i) for i in range(meta.num_row_groups)]
+            assert entry["docs"] <= 7
+    assert not (tmp_path / "many/data/ingest/.spill").exists()
+
+
 def test_doc_ids_follow_location_not_content(tmp_path):
     write_formats(tmp_path / "in")
     ingest = {"sources": [local("docs", str(tmp_path / "in"))], "heldout_fraction": 0}

@@ -41,48 +41,55 @@ class Params(StrictModel):
 
 
 def run(params: Params, ctx: StageContext) -> dict:
+    import shutil
+
     from stages.ingest import shards
 
     plans = [(src, resolve(src, ctx)) for src in params.sources]  # all checked before reading
-    docs: list[shards.Doc] = []
+    scratch = ctx.out("data/ingest/.spill")  # in the output's temp dir: swept if killed
+    spill = shards.Spill(scratch)
+    entries: list[shards.Entry] = []
     per_source = {}
     for src, units in plans:
-        kept, tally = _read(src, units, params.max_doc_chars, ctx)
-        docs.extend(kept)
+        kept, tally = _read(src, units, params.max_doc_chars, ctx, spill)
+        entries.extend(kept)
         per_source[src.name] = {"kind": src.kind, **tally}
     held = shards.heldout_ids(
-        docs, params.heldout_fraction, params.heldout_min_per_domain, ctx.base.seed
+        entries, params.heldout_fraction, params.heldout_min_per_domain, ctx.base.seed
     )
     metrics: dict = {
         "read": sum(s["read"] for s in per_source.values()),
-        "kept": len(docs),
+        "kept": len(entries),
         "truncated": sum(s["truncated"] for s in per_source.values()),
         "skipped": {r: sum(s["skipped"].get(r, 0) for s in per_source.values()) for r in REASONS},
     }
-    manifests = {}
-    for split, out in (("corpus", CORPUS), ("heldout", HELDOUT)):
-        part = [d for d in docs if (d.doc_id in held) == (split == "heldout")]
-        extra = {"split": split, "ingest": dict(metrics)}  # ingest-wide, before the split
-        manifests[split] = shards.write(
-            ctx.out(out), part, params.shard_docs, params.row_group_docs, extra
-        )
+    keep = {e.doc_id: e for e in entries}
+    outputs = {split: shards.ShardedOutput(ctx.out(out), params.shard_docs, params.row_group_docs)
+               for split, out in (("corpus", CORPUS), ("heldout", HELDOUT))}
+    for doc in spill.merged():
+        if doc.doc_id in keep:  # not capped
+            outputs["heldout" if doc.doc_id in held else "corpus"].add(doc, keep[doc.doc_id])
+    shutil.rmtree(scratch)
+    manifests = {split: output.close({"split": split, "ingest": dict(metrics)})
+                 for split, output in outputs.items()}  # ingest-wide metrics, before the split
     for split, m in manifests.items():
         metrics[split] = {"docs": m["docs"], "chars": m["chars"], "shards": len(m["shards"])}
     none = {"docs": 0, "chars": 0}
     metrics["domains"] = {
         dom: {split: m["domains"].get(dom, none) for split, m in manifests.items()}
-        for dom in sorted({d.domain for d in docs})
+        for dom in sorted({e.domain for e in entries})
     }
     metrics["sources"] = per_source
     return metrics
 
 
-def _read(src: Source, units: list[Unit], max_doc_chars: int, ctx: StageContext):
-    """One source's kept docs (capped to its max_docs/max_chars by doc id) and its tally."""
-    from stages.ingest.shards import Doc, doc_id
+def _read(src: Source, units: list[Unit], max_doc_chars: int, ctx: StageContext, spill):
+    """One source's documents into the spill; its kept entries (capped to its max_docs /
+    max_chars by doc id) and its tally."""
+    from stages.ingest.shards import Doc, Entry, doc_id
 
-    read, skipped, truncated = 0, Counter(), set()
-    kept: list[Doc] = []
+    read, skipped = 0, Counter()
+    kept: list[Entry] = []
     for unit in ctx.progress(units, len(units), f"ingest {src.name}"):
         for rec in unit.read():
             read += 1
@@ -91,19 +98,19 @@ def _read(src: Source, units: list[Unit], max_doc_chars: int, ctx: StageContext)
                 skipped[reason] += 1
                 continue
             i = doc_id(src.name, rec.path, rec.index)
-            kept.append(Doc(i, src.name, unit.domain, rec.path, rec.text[:max_doc_chars]))
-            if len(rec.text) > max_doc_chars:
-                truncated.add(i)
+            text = rec.text[:max_doc_chars]
+            spill.add(Doc(i, src.name, unit.domain, rec.path, text))
+            kept.append(Entry(i, src.name, unit.domain, len(text), len(rec.text) > max_doc_chars))
     if src.max_docs or src.max_chars:
         kept.sort()
         n, chars = 0, 0
         for d in kept[: src.max_docs]:
-            if src.max_chars and chars + len(d.text) > src.max_chars:
+            if src.max_chars and chars + d.n_chars > src.max_chars:
                 break
-            n, chars = n + 1, chars + len(d.text)
+            n, chars = n + 1, chars + d.n_chars
         skipped["capped"] += len(kept) - n
         kept = kept[:n]
-    n_trunc = sum(d.doc_id in truncated for d in kept)
+    n_trunc = sum(d.truncated for d in kept)
     summary = ", ".join(f"{r}={n}" for r, n in sorted(skipped.items()))
     log = ctx.log.warning if n_trunc or set(skipped) - {"capped"} else ctx.log.info
     log(
