@@ -1,0 +1,161 @@
+"""Scale-out: the data stages on local processes and on Ray, and their memory as the corpus grows.
+
+1. Executors: `signals` and `dedup` on the demo corpus (the built-in one, what `make pipeline`
+   ingests) with 1 local worker, 2 local workers, and a 2-CPU local Ray cluster (started once,
+   before the timed runs: its start-up is reported apart). Scaling efficiency = t(1) / (2 t(2));
+   Ray's overhead = t(Ray, 2) / t(local, 2) - 1 (goal: within 15%). Outputs are checked identical.
+2. Growth: `ingest` + `signals` (2 local workers) on a synthetic corpus of 1x, 4x and 16x the
+   built-in prose (copies with a word changed per copy, as local files): peak memory of the
+   largest process (ru_maxrss of the stage's process tree) and seconds per document (goal:
+   memory flat within 20%, time linear).
+
+    python bench/scale_out.py [--growth 1 4 16] [--skip-ray]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import yaml  # noqa: E402
+
+from orchestration.dvc_cli import venv_env  # noqa: E402
+from tests.conftest import copy_project  # noqa: E402
+from tests.curation_helpers import file_bytes  # noqa: E402
+
+SECTIONS = ("base", "runtime", "orchestration", "ingest", "signals", "quality", "filter", "dedup")
+
+
+def project(dest: Path, **sections) -> Path:
+    root = copy_project(dest)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = {k: params[k] for k in SECTIONS}
+    params["runtime"] |= {"progress": False, "log_level": "WARNING"}
+    for name, values in sections.items():
+        params[name] = {**params[name], **values}
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return root
+
+
+# Runs a command and prints the peak RSS (KB) of the largest process of its tree (stage process
+# and workers: the maximum over waited-for descendants), fresh for every measurement.
+PEAK = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+
+
+def stage(root: Path, name: str, **env: str) -> tuple[float, int]:
+    """Run a stage in a child process: (seconds, peak RSS in MB of its largest process)."""
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", PEAK, sys.executable, "-m", "stages", "run", name],
+                          cwd=root, check=True, env={**venv_env(), **env}, capture_output=True,
+                          text=True)
+    seconds = time.perf_counter() - start
+    return seconds, int(proc.stdout.split()[-1]) // 1024
+
+
+def set_workers(root: Path, workers: int) -> None:
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["runtime"]["workers"] = workers
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def executors(work: Path, skip_ray: bool) -> dict[str, float]:
+    root = project(work / "executors")
+    for name in ("ingest", "signals", "quality", "filter"):
+        stage(root, name)
+    out: dict[str, float] = {}
+    reference = None
+    runs = [("local1", 1, {}), ("local2", 2, {})]
+    ray_address = None
+    if not skip_ray:
+        started = time.perf_counter()
+        head = subprocess.run(["ray", "start", "--head", "--num-cpus", "2", "--include-dashboard",
+                               "false", "--disable-usage-stats"], env=venv_env(),
+                              capture_output=True, text=True, check=True)
+        out["ray_start_s"] = time.perf_counter() - started
+        said = head.stdout + head.stderr
+        ray_address = said.split("ray start --address='")[1].split("'")[0]
+        runs.append(("ray2", 2, {"SLM_EXECUTOR": "ray", "RAY_ADDRESS": ray_address,
+                                 "RAY_AUTH_MODE": "token"}))
+    try:
+        for label, workers, env in runs:
+            set_workers(root, workers)
+            for name in ("signals", "dedup"):
+                out[f"{name}_{label}_s"] = stage(root, name, **env)[0]
+            got = {k: v for d in ("data/signals", "data/dedup")
+                   for k, v in file_bytes(root / d).items()}
+            reference = reference or got
+            assert got == reference, f"{label}: outputs differ from local1"
+    finally:
+        if ray_address:
+            subprocess.run(["ray", "stop", "--force"], env=venv_env(), capture_output=True)
+    return out
+
+
+def growth(work: Path, factors: list[int]) -> dict[int, dict]:
+    from stages.ingest.builtin import units
+
+    texts = [r.text for unit in units(["docstrings", "pydoc_topics"]) for r in unit.read()
+             if r.text]
+    out = {}
+    for factor in factors:
+        corpus = work / f"corpus-{factor}x"
+        corpus.mkdir(parents=True)
+        for copy in range(factor):
+            with open(corpus / f"copy-{copy:03d}.jsonl", "w") as fh:
+                for i, text in enumerate(texts):
+                    words = text.split(" ")
+                    words[i % len(words)] = f"v{copy}"  # each copy a different document
+                    fh.write(json.dumps({"text": " ".join(words)}) + "\n")
+        root = project(work / f"growth-{factor}x", runtime={"workers": 2}, ingest={
+            "sources": [{"name": "synthetic", "kind": "local", "paths": [str(corpus)]}],
+            "heldout_min_per_domain": 0})
+        docs = len(texts) * factor
+        result = {"docs": docs}
+        for name in ("ingest", "signals"):
+            seconds, peak = stage(root, name)
+            result[name] = {"s": round(seconds, 2), "ms_per_doc": round(1000 * seconds / docs, 3),
+                            "peak_mb": peak}
+        out[factor] = result
+        shutil.rmtree(corpus)
+        shutil.rmtree(root / "data")
+        print(f"{factor}x: {result}", flush=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--growth", type=int, nargs="*", default=[1, 4, 16])
+    ap.add_argument("--skip-ray", action="store_true")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        ex = executors(Path(tmp), args.skip_ray)
+        grown = growth(Path(tmp), args.growth)
+    for key, value in ex.items():
+        print(f"{key}: {value:.2f}")
+    for name in ("signals", "dedup"):
+        one, two = ex[f"{name}_local1_s"], ex[f"{name}_local2_s"]
+        print(f"{name}_scaling_efficiency_2_workers: {one / (2 * two):.2f}")
+        if f"{name}_ray2_s" in ex:
+            print(f"{name}_ray_overhead_vs_local2: {ex[f'{name}_ray2_s'] / two - 1:+.2f}")
+    if grown:
+        base = grown[min(grown)]
+        for factor, r in sorted(grown.items()):
+            for name in ("ingest", "signals"):
+                print(f"{name}_{factor}x_peak_mb: {r[name]['peak_mb']}")
+                print(f"{name}_{factor}x_ms_per_doc: {r[name]['ms_per_doc']}")
+                print(f"{name}_{factor}x_memory_vs_1x: "
+                      f"{r[name]['peak_mb'] / base[name]['peak_mb']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
