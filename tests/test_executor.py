@@ -70,7 +70,7 @@ def test_ray_retries_a_killed_worker_and_keeps_order(ray_cluster, tmp_path):
 
 def _corpus() -> list[dict]:
     texts = docstrings(20)
-    return [row(t, f"d{i}") for i, t in enumerate(texts[:600])] + [
+    return [row(t, f"d{i}") for i, t in enumerate(texts[:240])] + [
         row(texts[i], f"dup{i}") for i in range(0, 60, 3)]  # exact duplicates for dedup
 
 
