@@ -51,6 +51,9 @@ class Runtime(StrictModel):
     s3_endpoint_url: str | None = Field(
         None, description="S3-compatible endpoint for s3:// sources (else AWS_ENDPOINT_URL or AWS)"
     )
+    ingest_cache: str | None = Field(
+        ".cache/ingest", description="parsed records of source files / S3 objects, so a refresh "
+        "re-reads only new or changed ones (relative to the project); None: read everything")
     synth_cache: str = Field(
         ".cache/synth", description="the generation cache directory (relative to the project)"
     )

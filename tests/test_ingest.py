@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
 from pathlib import Path, PurePosixPath
 
 import pyarrow as pa
@@ -179,6 +180,33 @@ def test_streams_through_spill_runs_with_identical_output(tmp_path, monkeypatch)
                 min(3, entry["docs"] - 3 * i) for i in range(meta.num_row_groups)]
             assert entry["docs"] <= 7
     assert not (tmp_path / "many/data/ingest/.spill").exists()
+
+
+def test_refresh_rereads_only_new_or_changed_files(tmp_path, capsys):
+    """The second run reads the one new and the one changed file, the rest come from the ingest
+    cache, and the outputs are those of a from-scratch run over the same files."""
+    docs = tmp_path / "in"
+    docs.mkdir()
+    for i in range(8):
+        (docs / f"doc{i}.md").write_text(f"Document {i}: " + "text " * (i + 5))
+    ingest = {"sources": [local("notes", str(docs))], "heldout_fraction": 0.25}
+    run_ingest(tmp_path / "root", ingest)
+    log = capsys.readouterr().err  # the stage logs to stderr
+    assert "source notes: 8 objects read, 0 unchanged ones from the ingest cache" in log
+    (docs / "new.md").write_text("A new document arrives with the weekly refresh.")
+    changed = docs / "doc3.md"
+    changed.write_text("Document 3, revised: " + "words " * 9)
+    os.utime(changed, ns=(changed.stat().st_atime_ns, changed.stat().st_mtime_ns + 10**9))
+    run_ingest(tmp_path / "root", ingest)
+    log = capsys.readouterr().err
+    assert "source notes: 2 objects read, 7 unchanged ones from the ingest cache" in log
+    manifest_of = json.loads((tmp_path / "root/.cache/ingest/notes.json").read_text())
+    assert sorted(manifest_of) == sorted([f"doc{i}.md" for i in range(8)] + ["new.md"])
+    assert manifest_of["new.md"]["sha256"] == hashlib.sha256(
+        (docs / "new.md").read_bytes()).hexdigest()
+    run_ingest(tmp_path / "clean", ingest, ingest_cache=None)
+    assert all_outputs(tmp_path / "root") == all_outputs(tmp_path / "clean")
+    assert not (tmp_path / "clean/.cache").exists()
 
 
 def test_doc_ids_follow_location_not_content(tmp_path):

@@ -51,6 +51,17 @@ def test_s3_corpus_equals_local(tmp_path, s3_server, s3_bucket, creds, monkeypat
     assert SECRET not in capsys.readouterr().err
     assert all(SECRET.encode() not in v for v in all_outputs(tmp_path / "s3").values())
 
+    # a refresh after one object changed fetches that object only (ETag), same outputs as local
+    client.put_object(Bucket=bucket, Key="raw/a.txt", Body=b"plain text, revised")
+    (files / "a.txt").write_text("plain text, revised")
+    run_ingest(tmp_path / "s3", {**ingest, "sources": [s3("web", f"s3://{bucket}/raw")]})
+    run_ingest(tmp_path / "local", {**ingest, "sources": [local("web", str(files))]},
+               ingest_cache=None)
+    err = capsys.readouterr().err
+    assert "source web: 1 objects read, 20 unchanged ones from the ingest cache" in err
+    data = {k: v for k, v in all_outputs(tmp_path / "s3").items() if k.startswith("data/")}
+    assert data == {k: v for k, v in all_outputs(tmp_path / "local").items() if k in data}
+
 
 def test_s3_missing_bucket_or_prefix(tmp_path, s3_server, s3_bucket, creds):
     bucket = s3_bucket("empty")

@@ -13,6 +13,7 @@ from collections import Counter
 
 from pydantic import Field, model_validator
 
+from stages.ingest.cache import ReadCache
 from stages.ingest.readers import REASONS, Unit, problem
 from stages.ingest.sources import BuiltinSource, Source, resolve
 from stages.params import StrictModel
@@ -45,7 +46,11 @@ def run(params: Params, ctx: StageContext) -> dict:
 
     from stages.ingest import shards
 
-    plans = [(src, resolve(src, ctx)) for src in params.sources]  # all checked before reading
+    cache_dir = ctx.root / ctx.runtime.ingest_cache if ctx.runtime.ingest_cache else None
+    caches = {src.name: ReadCache(cache_dir, src.name, src.model_dump(
+        mode="json", exclude={"max_docs", "max_chars"})) for src in params.sources}
+    # every source checked before any is read
+    plans = [(src, resolve(src, ctx, caches[src.name])) for src in params.sources]
     scratch = ctx.out("data/ingest/.spill")  # in the output's temp dir: swept if killed
     spill = shards.Spill(scratch)
     entries: list[shards.Entry] = []
@@ -54,6 +59,11 @@ def run(params: Params, ctx: StageContext) -> dict:
         kept, tally = _read(src, units, params.max_doc_chars, ctx, spill)
         entries.extend(kept)
         per_source[src.name] = {"kind": src.kind, **tally}
+        cache = caches[src.name]
+        if cache.hits or cache.reads:
+            ctx.log.info("source %s: %d objects read, %d unchanged ones from the ingest cache",
+                         src.name, cache.reads, cache.hits)
+            cache.write_manifest()
     held = shards.heldout_ids(
         entries, params.heldout_fraction, params.heldout_min_per_domain, ctx.base.seed
     )
