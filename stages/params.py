@@ -54,6 +54,9 @@ class Runtime(StrictModel):
     ingest_cache: str | None = Field(
         ".cache/ingest", description="parsed records of source files / S3 objects, so a refresh "
         "re-reads only new or changed ones (relative to the project); None: read everything")
+    doc_cache: str | None = Field(
+        ".cache/docs", description="per-document signals of texts seen before (relative to the "
+        "project), so a refresh computes only new or changed documents; None: compute all")
     synth_cache: str = Field(
         ".cache/synth", description="the generation cache directory (relative to the project)"
     )

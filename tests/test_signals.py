@@ -185,6 +185,33 @@ def test_output_is_identical_across_runs_and_worker_counts(corpus_root):
     assert file_bytes(corpus_root / "data/signals") == first
 
 
+def test_refresh_computes_only_new_or_changed_texts(tmp_path, monkeypatch):
+    """After a refresh added and changed documents, only their signals are computed (the rest
+    come from the document cache) and the output is a from-scratch run's, byte for byte."""
+    import stages.signals
+
+    texts = docstrings(10)[:120]
+    before = [row(t, f"d{i}") for i, t in enumerate(texts[:100])]
+    after = before[:50] + [row(texts[50] + " Changed.", "d50")] + before[51:] + [
+        row(t, f"d{i}") for i, t in enumerate(texts[100:], start=100)]
+    root = make_root(tmp_path / "refresh", before)
+    run(root, "signals")
+    computed = []
+    real = stages.signals.compute
+    monkeypatch.setattr(stages.signals, "compute",
+                        lambda texts, params: computed.extend(texts) or real(texts, params))
+    clean = make_root(tmp_path / "clean", after, runtime={"doc_cache": None})
+    run(clean, "signals")
+    assert len(computed) == 120  # no cache: everything
+    computed.clear()
+    root = make_root(tmp_path / "refresh", after)  # the corpus, refreshed (cache kept)
+    run(root, "signals")
+    assert sorted(computed) == sorted([texts[50] + " Changed.", *texts[100:]])  # 21 texts
+    assert file_bytes(root / "data/signals") == file_bytes(clean / "data/signals")
+    assert (root / "reports/signals/metrics.json").read_bytes() == (
+        clean / "reports/signals/metrics.json").read_bytes()
+
+
 @toxicity.register("test-exclamations")
 class Exclamations:
     """A stand-in for a model: share of sentences that end with '!'."""

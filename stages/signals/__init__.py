@@ -15,8 +15,10 @@ import pyarrow as pa
 from pydantic import Field, field_validator
 
 from stages.params import StrictModel
+from stages.registry import ROOT
 from stages.signals import heuristics, language, textbook, toxicity
 from stages.textstats import tokenize
+from stages.textstats.doc_cache import DocCache, merge, new_rows, text_key, version
 from stages.textstats.shards import (
     ShardWriter,
     Unit,
@@ -62,19 +64,30 @@ def compute(texts: list[str], params: Params) -> dict[str, np.ndarray | list]:
     return cols
 
 
-def _table(doc_ids: pa.Array, cols: dict[str, np.ndarray | list]) -> pa.Table:
-    return pa.table({"doc_id": doc_ids, **{
+def _table(cols: dict[str, np.ndarray | list]) -> pa.Table:
+    return pa.table({
         k: pa.array(v, pa.string()) if isinstance(v, list) else pa.array(v) for k, v in cols.items()
-    }})
+    })
 
 
-def _unit(unit: Unit, params: Params) -> tuple[pa.Table, dict]:
-    """Signals of one work unit, and per-domain sums for the metrics."""
-    tables, docs, langs, flags, sums = [], Counter(), Counter(), Counter(), {}
+def _signals(texts: list[str], params: Params, cache: DocCache) -> tuple[pa.Table, dict]:
+    """Every signal of the texts, those of texts seen before from the cache; the new rows."""
+    keys = [text_key(t) for t in texts]
+    cached, schema = cache.lookup(keys)
+    new = _table(compute([t for t, k in zip(texts, keys, strict=True) if k not in cached],
+                         params))
+    return merge(new, cached, keys, schema or new.schema), new_rows(new, keys, cached)
+
+
+def _unit(unit: Unit, params: Params, cache: DocCache) -> tuple[pa.Table, dict, dict]:
+    """Signals of one work unit, per-domain sums for the metrics, and the newly computed rows."""
+    tables, docs, langs, flags, sums, fresh = [], Counter(), Counter(), Counter(), {}, {}
     for table in unit.read(["doc_id", "domain", "text"]):
         texts = [t or "" for t in table["text"].to_pylist()]
-        cols = compute(texts, params)
-        tables.append(_table(table["doc_id"].combine_chunks(), cols))
+        sig, rows = _signals(texts, params, cache)
+        fresh.update(rows)
+        cols = {c: sig[c].to_numpy(zero_copy_only=False) for c in sig.column_names}
+        tables.append(sig.add_column(0, "doc_id", table["doc_id"].combine_chunks()))
         domains = np.array(table["domain"].to_pylist(), dtype=object)
         for domain in sorted(set(domains)):
             mask = domains == domain
@@ -88,9 +101,10 @@ def _unit(unit: Unit, params: Params) -> tuple[pa.Table, dict]:
                       "toxicity_above_0": int((cols["toxicity"] > 0).sum()),
                       "toxicity_prob_above_0.5": int((cols["toxicity_prob"] > 0.5).sum())})
     if not tables:  # an empty shard still gets an (empty) signals shard
-        tables.append(_table(pa.array([], pa.string()), compute([], params)))
+        empty = _table(compute([], params))
+        tables.append(empty.add_column(0, "doc_id", pa.array([], pa.string())))
     summary = {"docs": docs, "langs": langs, "flags": flags, "sums": sums}
-    return pa.concat_tables(tables), summary
+    return pa.concat_tables(tables), summary, fresh
 
 
 def run(params: Params, ctx) -> dict:
@@ -100,9 +114,15 @@ def run(params: Params, ctx) -> dict:
     out_dir.mkdir(parents=True)
     docs, langs, flags, sums, rows = Counter(), Counter(), Counter(), {}, []
     writer, columns = None, []
+    cache = DocCache(ctx.root / ctx.runtime.doc_cache if ctx.runtime.doc_cache else None,
+                     version(params, [ROOT / f for f in ctx.stage.code_files()]))
+    computed = 0
     with ctx.executor() as pool:
-        results = ctx.progress(pool.map(partial(_unit, params=params), work), len(work), "signals")
-        for unit, (table, s) in zip(work, results, strict=True):
+        results = ctx.progress(pool.map(partial(_unit, params=params, cache=cache), work),
+                               len(work), "signals")
+        for unit, (table, s, fresh) in zip(work, results, strict=True):
+            cache.store(fresh, table.schema.remove(0))
+            computed += len(fresh)
             if writer is None or writer.path != out_dir / unit.path.name:
                 if writer is not None:
                     rows.append((writer.path.name, writer.close()))
@@ -117,7 +137,8 @@ def run(params: Params, ctx) -> dict:
     if writer is not None:
         rows.append((writer.path.name, writer.close()))
     write_manifest(out_dir, rows, columns)
-    ctx.log.info("signals: %d documents in %d shards", sum(docs.values()), len(shards))
+    ctx.log.info("signals: %d documents in %d shards; %d distinct texts computed, the rest "
+                 "from the document cache", sum(docs.values()), len(shards), computed)
     return {
         "docs": sum(docs.values()),
         "shards": len(shards),
