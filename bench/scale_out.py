@@ -8,8 +8,11 @@
    built-in prose (copies with a word changed per copy, as local files): peak memory of the
    largest process (ru_maxrss of the stage's process tree) and seconds per document (goal:
    memory flat within 20%, time linear).
+3. Refresh: the built-in prose as 100 local files; `ingest` + `signals` from scratch (no caches)
+   against a refresh after one more file (1% new documents) with the ingest and document caches
+   warm (goal: <= 10% of the from-scratch time). Outputs are checked identical.
 
-    python bench/scale_out.py [--growth 1 4 16] [--skip-ray]
+    python bench/scale_out.py [--growth 1 4 16] [--skip-ray] [--skip-refresh]
 """
 
 from __future__ import annotations
@@ -132,14 +135,48 @@ def growth(work: Path, factors: list[int]) -> dict[int, dict]:
     return out
 
 
+def refresh(work: Path) -> dict[str, float]:
+    from stages.ingest.builtin import units
+
+    texts = [r.text for unit in units(["docstrings", "pydoc_topics"]) for r in unit.read()
+             if r.text]
+    corpus = work / "refresh-corpus"
+    corpus.mkdir()
+    per_file = len(texts) // 100
+
+    def write(k: int, chunk: list[str]) -> None:
+        with open(corpus / f"part-{k:03d}.jsonl", "w") as fh:
+            fh.writelines(json.dumps({"text": t}) + "\n" for t in chunk)
+
+    for k in range(100):
+        write(k, texts[k * per_file:(k + 1) * per_file])
+    roots = {label: project(work / f"refresh-{label}", runtime={
+        "workers": 2, "ingest_cache": caches and f"{caches}/ingest",
+        "doc_cache": caches and f"{caches}/docs"}, ingest={
+        "sources": [{"name": "files", "kind": "local", "paths": [str(corpus)]}],
+        "heldout_min_per_domain": 0}) for label, caches in (("scratch", None), ("warm", ".cache"))}
+    for name in ("ingest", "signals"):  # last week's run: fills the caches
+        stage(roots["warm"], name)
+    write(100, [t + " (new)" for t in texts[:per_file]])  # 1% new documents
+    out, outputs = {}, {}
+    for label, root in roots.items():
+        out[f"refresh_{label}_s"] = sum(stage(root, n)[0] for n in ("ingest", "signals"))
+        outputs[label] = {k: v for d in ("data/ingest", "data/signals")
+                          for k, v in file_bytes(root / d).items()}
+    assert outputs["scratch"] == outputs["warm"], "refresh output differs from a clean run"
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--growth", type=int, nargs="*", default=[1, 4, 16])
     ap.add_argument("--skip-ray", action="store_true")
+    ap.add_argument("--skip-refresh", action="store_true")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         ex = executors(Path(tmp), args.skip_ray)
         grown = growth(Path(tmp), args.growth)
+        fresh = {} if args.skip_refresh else refresh(Path(tmp))
     for key, value in ex.items():
         print(f"{key}: {value:.2f}")
     for name in ("signals", "dedup"):
@@ -147,6 +184,11 @@ def main() -> None:
         print(f"{name}_scaling_efficiency_2_workers: {one / (2 * two):.2f}")
         if f"{name}_ray2_s" in ex:
             print(f"{name}_ray_overhead_vs_local2: {ex[f'{name}_ray2_s'] / two - 1:+.2f}")
+    if fresh:
+        print(f"refresh_scratch_s: {fresh['refresh_scratch_s']:.2f}")
+        print(f"refresh_warm_s: {fresh['refresh_warm_s']:.2f}")
+        ratio = fresh["refresh_warm_s"] / fresh["refresh_scratch_s"]
+        print(f"refresh_time_vs_scratch: {ratio:.2f}")
     if grown:
         base = grown[min(grown)]
         for factor, r in sorted(grown.items()):
