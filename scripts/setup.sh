@@ -14,6 +14,11 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
   # torch==2.13.* comes from the local CPU wheel; a looser spec would pull a CUDA build.
   .venv/bin/python -m pip install --quiet -e ".[${EXTRAS}]"
+  # Dagster's Kubernetes library, for deploy/k8s (and its test). The newest on the index (0.29.27)
+  # pins dagster 1.13.27, which caps protobuf below 7 and so breaks sentencepiece's generated
+  # code (the tokenizer stage); it runs with the current dagster 1.13, so it goes in without its
+  # pin (its other dependencies are in pyproject.toml).
+  .venv/bin/python -m pip install --quiet --no-deps "dagster-k8s==0.29.*"
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
