@@ -93,12 +93,11 @@ def test_local_and_ray_outputs_are_identical_even_after_a_killed_worker(ray_clus
     shutil.copytree(local, remote)
     run(local, *CURATION)
     set_params(remote, runtime={"executor": "ray", "ray_address": ray_cluster})
-    run(remote, "signals", "quality")
     stop, killed = threading.Event(), []
     killer = threading.Thread(target=_kill_one_ray_worker, args=(stop, killed))
     killer.start()
     try:
-        run(remote, "filter", "dedup")
+        run(remote, *CURATION)
     finally:
         stop.set()
         killer.join()
