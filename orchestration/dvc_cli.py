@@ -3,16 +3,19 @@ at a time per project, retried on DVC's repo lock."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 LOCK_ERRORS = ("Unable to acquire lock", "is busy")
+_COMMIT_LOCK = threading.Lock()  # the working directory is the process's: one commit at a time
 
 
 class DvcError(RuntimeError):
@@ -76,7 +79,8 @@ def commit(root: Path, stage: str, retries: int = 5) -> None:
     for attempt in range(retries + 1):
         try:
             dvc_log.setLevel(logging.WARNING)  # as --quiet: no "Updating lock file" info line
-            with project_lock(root), Repo(str(root)) as repo:
+            # DVC resolves some paths against the working directory: be where the CLI would be
+            with project_lock(root), _COMMIT_LOCK, contextlib.chdir(root), Repo(str(root)) as repo:
                 repo.commit(stage, force=True)
             return
         except LockError:

@@ -45,17 +45,21 @@ class DocCache:
         """The cached rows among `keys`, and the schema they were computed with."""
         if self.path is None or not self.path.exists() or not keys:
             return {}, None
-        with sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=60) as db:
-            found = {}
-            unique = sorted(set(keys))
-            for i in range(0, len(unique), 500):
-                chunk = unique[i : i + 500]
-                marks = ",".join("?" * len(chunk))
-                found.update((k, json.loads(r)) for k, r in db.execute(
-                    f"SELECT key, row FROM rows WHERE key IN ({marks})", chunk))
-            meta = db.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone()
-        schema = pa.ipc.read_schema(pa.py_buffer(meta[0])) if meta else None
-        return found, schema
+        try:
+            with sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=60) as db:
+                meta = db.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone()
+                if meta is None:
+                    return {}, None
+                found = {}
+                unique = sorted(set(keys))
+                for i in range(0, len(unique), 500):
+                    chunk = unique[i : i + 500]
+                    marks = ",".join("?" * len(chunk))
+                    found.update((k, json.loads(r)) for k, r in db.execute(
+                        f"SELECT key, row FROM rows WHERE key IN ({marks})", chunk))
+        except sqlite3.OperationalError:  # being created by the stage's process right now
+            return {}, None
+        return found, pa.ipc.read_schema(pa.py_buffer(meta[0]))
 
     def store(self, rows: dict[bytes, dict], schema: pa.Schema) -> None:
         if self.path is None or not rows:
