@@ -57,10 +57,26 @@ def _patterns() -> dict[str, re.Pattern]:
         for c, ts in terms()[1].items()}
 
 
+@cache
+def _first_words() -> frozenset[str]:
+    """The first word of every term: a text with none of them mentions no term."""
+    return frozenset(_WORD.match(t).group(0) for ts in terms()[1].values() for t in ts)
+
+
+_WORD = re.compile(r"\w+")
+
+
 def mentions(texts: list[str]) -> dict[str, np.ndarray]:
-    """Per category, whether each text contains one of its terms."""
-    return {c: np.array([bool(p.search(t)) for t in texts], dtype=bool)
-            for c, p in _patterns().items()}
+    """Per category, whether each text contains one of its terms. The category patterns run only
+    on texts holding some term's first word (one pass over the words; most texts hold none)."""
+    out = {c: np.zeros(len(texts), dtype=bool) for c in _patterns()}
+    first = _first_words()
+    for i, text in enumerate(texts):
+        if first.isdisjoint(_WORD.findall(text.lower())):
+            continue
+        for c, pattern in _patterns().items():
+            out[c][i] = bool(pattern.search(text))
+    return out
 
 
 def matched(text: str) -> dict[str, list[str]]:
