@@ -109,12 +109,9 @@ def test_local_and_ray_outputs_are_identical_even_after_a_killed_worker(ray_clus
                 == (local / f"reports/{name}/metrics.json").read_bytes())
 
 
-def test_the_executor_is_runtime_not_identity():
+def test_the_executor_is_runtime_not_identity(monkeypatch):
     assert not any(p.startswith(("runtime", "executor")) for s in STAGES for p in s.params)
     assert Runtime().executor == "local"
+    monkeypatch.setenv("SLM_EXECUTOR", "spark")
     with pytest.raises(ValueError, match="unknown executor 'spark'"):
-        os.environ["SLM_EXECUTOR"] = "spark"
-        try:
-            open_executor(Runtime(), 1)
-        finally:
-            del os.environ["SLM_EXECUTOR"]
+        open_executor(Runtime(), 1)

@@ -4,7 +4,7 @@ Every source is resolved (checked to exist, listed) before anything is read or w
 record read is either kept (maybe truncated at `max_doc_chars`) or counted under a skip reason,
 so `read == kept + sum(skipped)` per source. The held-out slice is chosen per domain by a seeded
 hash of the doc id, before any filtering; `data/ingest/heldout` holds it and
-`data/ingest/corpus` the rest, both with the schema and manifest of `shards.write`.
+`data/ingest/corpus` the rest, both with the schema and manifest of `shards.ShardedOutput`.
 """
 
 from __future__ import annotations
