@@ -11,7 +11,7 @@ import pytest
 from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
 from stages.params import ParamsError
-from stages.signals import Params, compute, language, toxicity
+from stages.signals import Params, compute, language, profanity, toxicity
 from stages.textstats import TOKEN_RE
 from tests.curation_helpers import (
     code_chunks,
@@ -149,11 +149,34 @@ def test_toxicity_classifier_reads_words_in_context():
     offensive = "You are a stupid worthless idiot and everybody hates you, shut up."
     long_doc = " ".join([EXPLANATION] * 30) + " " + offensive
     s = signals(*benign, offensive, EXPLANATION, long_doc)
-    assert len(long_doc.split()) > 2 * toxicity.CHUNK_WORDS
+    assert len(long_doc.split()) > 2 * profanity.CHUNK_WORDS
     assert all(s["toxicity"][:2] > 0) and all(s["toxicity_prob"][:2] < 0.8)
     assert s["toxicity_prob"][2] > 0.9 and s["toxicity_prob"][4] > 0.9
     assert s["toxicity_prob"][3] < 0.1
 
+
+
+def test_profanity_scores_equal_the_wheels_predict_prob(tmp_path, monkeypatch):
+    """The array scorer gives the wheel's own probabilities chunk for chunk, extracts the arrays
+    once into the model cache and reads them back from there."""
+    from profanity_check import predict_prob
+
+    monkeypatch.setenv("SLM_MODEL_CACHE", str(tmp_path / "models"))
+    profanity._model.cache_clear()
+    texts = [*docstrings(3)[:150], "", "  \n ", "You are a stupid idiot.", "ΟΔΟΣ Σ shit",
+             " ".join(["word"] * (2 * profanity.CHUNK_WORDS + 5)) + " fuck off"]
+    n = profanity.CHUNK_WORDS
+    chunks = [[" ".join(t.split()[i:i + n]) for i in range(0, len(t.split()), n)] for t in texts]
+    assert [len(c) for c in chunks[-6:]] == [1, 0, 0, 1, 1, 3]
+    expected = [max(predict_prob(c)) if c else 0.0 for c in chunks]
+    np.testing.assert_allclose(profanity.probabilities(texts), expected, rtol=0, atol=1e-12)
+    (cached,) = (tmp_path / "models").iterdir()
+    assert sorted(p.name for p in cached.iterdir()) == [
+        "a.npy", "b.npy", "coef.npy", "idf.npy", "intercept.npy", "words.npy"]
+    profanity._model.cache_clear()
+    monkeypatch.setattr(profanity, "_extract", lambda: pytest.fail("extracted again"))
+    np.testing.assert_allclose(profanity.probabilities(texts), expected, rtol=0, atol=1e-12)
+    profanity._model.cache_clear()
 
 @pytest.fixture
 def corpus_root(tmp_path):

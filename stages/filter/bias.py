@@ -27,6 +27,7 @@ import yaml
 from pydantic import Field
 
 from stages.params import StrictModel
+from stages.textstats import Tokens, tokenize
 
 TERMS_FILE = Path(__file__).with_name("identity_terms.yaml")
 ANY, REST = "any_identity_term", "no_identity_term"
@@ -48,41 +49,47 @@ def terms() -> tuple[int, dict[str, tuple[str, ...]]]:
                                   for c, ts in data["categories"].items()}
 
 
-@cache
-def _patterns() -> dict[str, re.Pattern]:
-    # whole words: not inside another word ("gayety"), but possessives ("women's") and
-    # compounds ("anti-Muslim") match
-    return {c: re.compile(r"(?<![\w'])(?:" + "|".join(
-        re.escape(t) for t in sorted(ts, key=len, reverse=True)) + r")(?!\w)", re.IGNORECASE)
-        for c, ts in terms()[1].items()}
-
-
-@cache
-def _first_words() -> frozenset[str]:
-    """The first word of every term: a text with none of them mentions no term."""
-    return frozenset(_WORD.match(t).group(0) for ts in terms()[1].values() for t in ts)
-
-
 _WORD = re.compile(r"\w+")
 
 
+@cache
+def _phrases() -> dict[str, tuple[tuple[str, tuple[str, ...]], ...]]:
+    """Every term as its lower-case words (whole words: "women's" and "anti-Muslim" hold a
+    term, "gayety" does not; "y'all" is the words y, all), by category."""
+    return {c: tuple((t, tuple(_WORD.findall(t))) for t in ts) for c, ts in terms()[1].items()}
+
+
+def _found(tokens: Tokens, words: tuple[str, ...], index: dict[str, int]) -> np.ndarray:
+    """Token positions where the word sequence starts (within one document)."""
+    ids = [index.get(w, -1) for w in words]
+    if min(ids) < 0:
+        return np.zeros(0, dtype=np.int64)
+    at = np.flatnonzero(tokens.ids == ids[0])
+    at = at[at + len(ids) <= tokens.offsets[tokens.doc[at] + 1]]
+    for k, i in enumerate(ids[1:], start=1):
+        at = at[tokens.ids[at + k] == i]
+    return at
+
+
 def mentions(texts: list[str]) -> dict[str, np.ndarray]:
-    """Per category, whether each text contains one of its terms. The category patterns run only
-    on texts holding some term's first word (one pass over the words; most texts hold none)."""
-    out = {c: np.zeros(len(texts), dtype=bool) for c in _patterns()}
-    first = _first_words()
-    for i, text in enumerate(texts):
-        if first.isdisjoint(_WORD.findall(text.lower())):
-            continue
-        for c, pattern in _patterns().items():
-            out[c][i] = bool(pattern.search(text))
+    """Per category, whether each text contains one of its terms: one regex pass per text, then
+    word-id comparisons over the whole batch."""
+    tokens = tokenize([t.lower() for t in texts], _WORD)
+    index = {w: i for i, w in enumerate(tokens.vocab)}
+    out = {}
+    for c, phrases in _phrases().items():
+        at = np.concatenate([_found(tokens, words, index) for _, words in phrases])
+        out[c] = np.zeros(len(texts), dtype=bool)
+        out[c][tokens.doc[at]] = True
     return out
 
 
 def matched(text: str) -> dict[str, list[str]]:
     """The terms of each category found in a text (for the samples)."""
-    out = {c: sorted({m.group(0).lower() for m in p.finditer(text)})
-           for c, p in _patterns().items()}
+    tokens = tokenize([text.lower()], _WORD)
+    index = {w: i for i, w in enumerate(tokens.vocab)}
+    out = {c: sorted(t for t, words in phrases if len(_found(tokens, words, index)))
+           for c, phrases in _phrases().items()}
     return {c: found for c, found in out.items() if found}
 
 

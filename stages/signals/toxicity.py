@@ -14,9 +14,9 @@ above 0.
 `profanity_check` is alt-profanity-check's linear SVM over TF-IDF features, trained on ~200k
 human-labelled texts (Wikipedia talk-page toxicity and tweets) and shipped inside its wheel, so
 it runs offline: the probability that a text is offensive. A document is scored in chunks of
-`CHUNK_WORDS` words, its score the highest chunk's (one offensive paragraph in a long article
-counts). It judges words in context: "sex education" or a rooster's name are not offensive to
-it, while the word list flags them.
+`profanity.CHUNK_WORDS` words, its score the highest chunk's (one offensive paragraph in a long
+article counts). It judges words in context: "sex education" or a rooster's name are not
+offensive to it, while the word list flags them.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from typing import Protocol
 
 import numpy as np
 
+from stages.signals import profanity
 from stages.textstats import TOKEN_RE, Tokens, extend_hash, ngram_hashes, stable_hashes
 
 
@@ -123,27 +124,13 @@ class WordList:
         return np.clip(np.divide(hits, words, out=np.zeros_like(hits), where=words > 0), 0, 1)
 
 
-CHUNK_WORDS = 200
-
-
 @register("profanity_check")
 class ProfanityCheck:
-    """alt-profanity-check's probability per chunk of `CHUNK_WORDS` words; a document's is its
-    highest chunk's (0 for a text without words)."""
+    """alt-profanity-check's probability per chunk of `profanity.CHUNK_WORDS` words; a
+    document's is its highest chunk's (0 for a text without words)."""
 
     def score(self, batch: Batch) -> np.ndarray:
-        from profanity_check import predict_prob
-
-        chunks, owner = [], []
-        for i, text in enumerate(batch.texts):
-            words = text.split()
-            for start in range(0, len(words), CHUNK_WORDS):
-                chunks.append(" ".join(words[start:start + CHUNK_WORDS]))
-                owner.append(i)
-        out = np.zeros(len(batch.texts))
-        if chunks:
-            np.maximum.at(out, np.array(owner), predict_prob(chunks))
-        return out
+        return profanity.probabilities(batch.texts)
 
 
 @register("none")
