@@ -34,7 +34,10 @@ ROOT = Path(__file__).resolve().parent.parent
 class Executor(Protocol):
     workers: int  # how many items run at once
 
-    def map(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]: ...
+    def map(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
+        """Results in input order, fetched lazily; with workers, every item is submitted now, so
+        the caller can do other work while they run."""
+
     def __enter__(self) -> Executor: ...
     def __exit__(self, *exc) -> None: ...
 
@@ -83,7 +86,9 @@ class RayTasks:
         self.workers = max(1, int(ray.cluster_resources().get("CPU", workers)))
 
     def map(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
-        refs = [self._task.remote(fn, item) for item in items]
+        return self._results([self._task.remote(fn, item) for item in items])
+
+    def _results(self, refs: list) -> Iterator[R]:
         for i, ref in enumerate(refs):
             yield self._ray.get(ref)
             refs[i] = None  # let Ray free the result

@@ -216,7 +216,8 @@ def test_refresh_computes_only_new_or_changed_texts(tmp_path, monkeypatch):
     texts = docstrings(10)[:120]
     before = [row(t, f"d{i}") for i, t in enumerate(texts[:100])]
     after = before[:50] + [row(texts[50] + " Changed.", "d50")] + before[51:] + [
-        row(t, f"d{i}") for i, t in enumerate(texts[100:], start=100)]
+        row(t, f"d{i}") for i, t in enumerate(texts[100:], start=100)] + [
+        row(texts[101], "e0"), row(texts[3], "e1")]  # copies of a new and of a cached text
     root = make_root(tmp_path / "refresh", before)
     run(root, "signals")
     computed = []
@@ -225,11 +226,11 @@ def test_refresh_computes_only_new_or_changed_texts(tmp_path, monkeypatch):
                         lambda texts, params: computed.extend(texts) or real(texts, params))
     clean = make_root(tmp_path / "clean", after, runtime={"doc_cache": None})
     run(clean, "signals")
-    assert len(computed) == 120  # no cache: everything
+    assert len(computed) == 122  # no cache: everything
     computed.clear()
     root = make_root(tmp_path / "refresh", after)  # the corpus, refreshed (cache kept)
     run(root, "signals")
-    assert sorted(computed) == sorted([texts[50] + " Changed.", *texts[100:]])  # 21 texts
+    assert sorted(computed) == sorted([texts[50] + " Changed.", *texts[100:], texts[101]])
     assert file_bytes(root / "data/signals") == file_bytes(clean / "data/signals")
     assert (root / "reports/signals/metrics.json").read_bytes() == (
         clean / "reports/signals/metrics.json").read_bytes()

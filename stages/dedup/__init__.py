@@ -146,9 +146,18 @@ def shingle_sets(h: np.ndarray, counts: np.ndarray, docs: np.ndarray, n: int
                  ) -> list[np.ndarray]:
     """Sorted unique shingle hashes of the documents `docs`, from their normalised word hashes
     (`h`, `counts` words per document, as `scan_texts` returns them)."""
+    if not len(docs):
+        return []
     offsets = np.r_[0, np.cumsum(counts)]
-    return [np.unique(shingle_rows(h[offsets[d]:offsets[d + 1]], np.array([0, counts[d]]), n)[0])
-            for d in docs.tolist()]
+    sel = counts[docs]
+    words = np.repeat(offsets[docs] - np.r_[0, np.cumsum(sel)[:-1]], sel) + np.arange(sel.sum())
+    shingles, rows = shingle_rows(h[words], np.r_[0, np.cumsum(sel)], n)
+    doc = np.repeat(np.arange(len(docs)), np.diff(rows))
+    order = np.lexsort((shingles, doc))  # one sort for all documents, then split per document
+    shingles, doc = shingles[order], doc[order]
+    new = np.r_[True, (shingles[1:] != shingles[:-1]) | (doc[1:] != doc[:-1])][: len(doc)]
+    shingles, doc = shingles[new], doc[new]
+    return np.split(shingles, np.searchsorted(doc, np.arange(1, len(docs))))
 
 
 def duplicates(alive: np.ndarray, exact: np.ndarray, sig: np.ndarray, shingled: np.ndarray,
@@ -358,18 +367,18 @@ def _run(params: Params, ctx, pool: Executor) -> dict:
     write_items = [(src, keep[lo:hi], weight[lo:hi][keep[lo:hi]],
                     [w - lo for w in sorted(wanted) if lo <= w < hi]) for src, lo, hi in spans]
     write = partial(_write, out_dir=out_dir, chars=params.example_chars)
+    written = pool.map(write, write_items)  # submitted: the plots are drawn while workers write
+    report.weight_histogram(weight[keep], ctx.out(PLOT))
+    report.s_curve(*params.lsh_shape(), params.jaccard_threshold, lsh["pair_jaccard"],
+                   ctx.out(S_CURVE))
     texts, rows = {}, []
-    for (src, lo, _), (count, got) in zip(spans, pool.map(write, write_items),
-                                          strict=True):
+    for (src, lo, _), (count, got) in zip(spans, written, strict=True):
         rows.append((src.name, count))
         texts.update({lo + r: t for r, t in got.items()})
     shutil.rmtree(scratch)
     write_manifest(out_dir, rows, pq.read_schema(shards[0]).names + ["weight"] if shards else [])
     ctx.out(EXAMPLES).write_text(json.dumps(report.render(examples, doc_ids, texts), indent=2,
                                             sort_keys=True, ensure_ascii=False) + "\n")
-    report.weight_histogram(weight[keep], ctx.out(PLOT))
-    report.s_curve(*params.lsh_shape(), params.jaccard_threshold, lsh["pair_jaccard"],
-                   ctx.out(S_CURVE))
 
     near_sizes = examples["group_sizes"]["near"]
     clusters = sum(near_sizes.values())

@@ -2,10 +2,10 @@
 
 Keyed by a hash of the document's text within one *version* of the computation (a hash of the
 stage's params and code bytes: any change starts a new, empty version), stored in SQLite under
-`runtime.doc_cache` (outside every output). A row is the document's values as JSON (floats
-round-trip exactly) and the table's Arrow schema is kept once per version, so rows read back
-build the same columns, with the same types, as computing them. Workers only read; the stage's
-own process writes what they computed.
+`runtime.doc_cache` (outside every output). Each batch of newly computed rows is kept as one
+Arrow IPC blob (same columns, same types as computing them) and every key points at its batch
+and row, so storing and reading back cost a few milliseconds per thousand documents. Workers
+only read; the stage's own process writes what they computed.
 """
 
 from __future__ import annotations
@@ -30,6 +30,26 @@ def version(params, code: list[Path]) -> str:
     return h.hexdigest()[:24]
 
 
+def _ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+class Fresh:
+    """Rows computed by a worker, ready for `DocCache.store`: their keys and one IPC blob."""
+
+    def __init__(self, keys: list[bytes], table: pa.Table):
+        first = {k: i for i, k in reversed(list(enumerate(keys)))}  # a text twice: stored once
+        self.keys = sorted(first)
+        self.rows = [first[k] for k in self.keys]
+        self.blob = _ipc(table) if keys else b""
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
 class DocCache:
     def __init__(self, directory: Path | None, version: str):
         self.path = None if directory is None else directory / f"{version}.sqlite"
@@ -37,52 +57,58 @@ class DocCache:
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, timeout=60)
-        db.execute("CREATE TABLE IF NOT EXISTS rows (key BLOB PRIMARY KEY, row TEXT)")
-        db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB)")
+        db.execute("CREATE TABLE IF NOT EXISTS batches (id INTEGER PRIMARY KEY, ipc BLOB)")
+        db.execute("CREATE TABLE IF NOT EXISTS rows (key BLOB PRIMARY KEY, batch INTEGER, "
+                   "row INTEGER)")
         return db
 
-    def lookup(self, keys: list[bytes]) -> tuple[dict[bytes, dict], pa.Schema | None]:
-        """The cached rows among `keys`, and the schema they were computed with."""
+    def lookup(self, keys: list[bytes]) -> tuple[pa.Table | None, dict[bytes, int]]:
+        """The cached rows among `keys` as one table, and each found key's row in it."""
         if self.path is None or not self.path.exists() or not keys:
-            return {}, None
+            return None, {}
         try:
             with sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=60) as db:
-                meta = db.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone()
-                if meta is None:
-                    return {}, None
-                found = {}
+                where: dict[bytes, tuple[int, int]] = {}
                 unique = sorted(set(keys))
                 for i in range(0, len(unique), 500):
                     chunk = unique[i : i + 500]
                     marks = ",".join("?" * len(chunk))
-                    found.update((k, json.loads(r)) for k, r in db.execute(
-                        f"SELECT key, row FROM rows WHERE key IN ({marks})", chunk))
+                    where.update((k, (b, r)) for k, b, r in db.execute(
+                        f"SELECT key, batch, row FROM rows WHERE key IN ({marks})", chunk))
+                batches = sorted({b for b, _ in where.values()})
+                tables = {b: pa.ipc.open_stream(blob).read_all() for b, blob in db.execute(
+                    f"SELECT id, ipc FROM batches WHERE id IN ({','.join('?' * len(batches))})",
+                    batches)}
         except sqlite3.OperationalError:  # being created by the stage's process right now
-            return {}, None
-        return found, pa.ipc.read_schema(pa.py_buffer(meta[0]))
+            return None, {}
+        if not where:
+            return None, {}
+        by_batch: dict[int, list[bytes]] = {}
+        for k in sorted(where):
+            by_batch.setdefault(where[k][0], []).append(k)
+        parts, position = [], {}
+        for b, found in sorted(by_batch.items()):
+            position.update((k, len(position)) for k in found)
+            parts.append(tables[b].take(pa.array([where[k][1] for k in found], pa.int64())))
+        return pa.concat_tables(parts), position
 
-    def store(self, rows: dict[bytes, dict], schema: pa.Schema) -> None:
-        if self.path is None or not rows:
+    def store(self, fresh: Fresh) -> None:
+        if self.path is None or not len(fresh):
             return
         with self._connect() as db:
-            db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)",
-                       (schema.serialize().to_pybytes(),))
-            db.executemany("INSERT OR IGNORE INTO rows VALUES (?, ?)",
-                           [(k, json.dumps(v)) for k, v in sorted(rows.items())])
+            batch = db.execute("INSERT INTO batches (ipc) VALUES (?)", (fresh.blob,)).lastrowid
+            db.executemany("INSERT OR IGNORE INTO rows VALUES (?, ?, ?)",
+                           [(k, batch, r) for k, r in zip(fresh.keys, fresh.rows, strict=True)])
 
 
-def merge(new: pa.Table, cached: dict[bytes, dict], keys: list[bytes],
-          schema: pa.Schema) -> pa.Table:
+def merge(new: pa.Table, cached: pa.Table | None, found: dict[bytes, int],
+          keys: list[bytes]) -> pa.Table:
     """One table in `keys` order from the newly computed rows (those of the keys missing from
-    `cached`, in order) and the cached ones."""
-    if not cached:
+    `found`, in order) and the cached ones."""
+    if cached is None:
         return new
-    fresh = iter(new.to_pylist())
-    return pa.Table.from_pylist([cached[k] if k in cached else next(fresh) for k in keys],
-                                schema=schema)
-
-
-def new_rows(new: pa.Table, keys: list[bytes], cached: dict[bytes, dict]) -> dict[bytes, dict]:
-    """The newly computed rows by key, to store."""
-    missing = [k for k in keys if k not in cached]
-    return dict(zip(missing, new.to_pylist(), strict=True))
+    fresh = iter(range(len(new)))
+    index = [len(new) + found[k] if k in found else next(fresh) for k in keys]
+    both = pa.concat_tables([new.cast(cached.schema) if len(new) else cached.schema.empty_table(),
+                             cached])
+    return both.take(pa.array(index, pa.int64()))
