@@ -1,7 +1,8 @@
 """Scale-out: the data stages on local processes and on Ray, and their memory as the corpus grows.
 
-1. Executors: `signals` and `dedup` on the demo corpus (the built-in one, what `make pipeline`
-   ingests) with 1 local worker, 2 local workers, and a 2-CPU local Ray cluster (started once,
+1. Executors: `signals` and `dedup` on 4 copies of the built-in prose (`--executor-scale`; on
+   the demo corpus alone, about a second of work, process start-up decides) with 1 local
+   worker, 2 local workers, and a 2-CPU local Ray cluster (started once,
    before the timed runs: its start-up is reported apart). Scaling efficiency = t(1) / (2 t(2));
    Ray's overhead = t(Ray, 2) / t(local, 2) - 1 (goal: within 15%). Outputs are checked identical.
 2. Growth: `ingest` + `signals` (2 local workers) on a synthetic corpus of 1x, 4x and 16x the
@@ -71,8 +72,9 @@ def set_workers(root: Path, workers: int) -> None:
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def executors(work: Path, skip_ray: bool) -> dict[str, float]:
-    root = project(work / "executors")
+def executors(work: Path, skip_ray: bool, factor: int) -> dict[str, float]:
+    # no document cache: every timed run computes every document
+    root, _ = synthetic_project(work, "executors", builtin_texts(), factor, doc_cache=None)
     for name in ("ingest", "signals", "quality", "filter"):
         stage(root, name)
     out: dict[str, float] = {}
@@ -104,24 +106,36 @@ def executors(work: Path, skip_ray: bool) -> dict[str, float]:
     return out
 
 
-def growth(work: Path, factors: list[int]) -> dict[int, dict]:
+def builtin_texts() -> list[str]:
     from stages.ingest.builtin import units
 
-    texts = [r.text for unit in units(["docstrings", "pydoc_topics"]) for r in unit.read()
-             if r.text]
+    return [r.text for unit in units(["docstrings", "pydoc_topics"]) for r in unit.read()
+            if r.text]
+
+
+def synthetic_project(work: Path, name: str, texts: list[str], factor: int,
+                      **runtime) -> tuple[Path, Path]:
+    """A project whose one local source is `factor` copies of the texts, a word changed per copy
+    (each copy a different document); returns (project root, corpus folder)."""
+    corpus = work / f"{name}-corpus"
+    corpus.mkdir(parents=True)
+    for copy in range(factor):
+        with open(corpus / f"copy-{copy:03d}.jsonl", "w") as fh:
+            for i, text in enumerate(texts):
+                words = text.split(" ")
+                words[i % len(words)] = f"v{copy}"
+                fh.write(json.dumps({"text": " ".join(words)}) + "\n")
+    root = project(work / name, runtime={"workers": 2, **runtime}, ingest={
+        "sources": [{"name": "synthetic", "kind": "local", "paths": [str(corpus)]}],
+        "heldout_min_per_domain": 0})
+    return root, corpus
+
+
+def growth(work: Path, factors: list[int]) -> dict[int, dict]:
+    texts = builtin_texts()
     out = {}
     for factor in factors:
-        corpus = work / f"corpus-{factor}x"
-        corpus.mkdir(parents=True)
-        for copy in range(factor):
-            with open(corpus / f"copy-{copy:03d}.jsonl", "w") as fh:
-                for i, text in enumerate(texts):
-                    words = text.split(" ")
-                    words[i % len(words)] = f"v{copy}"  # each copy a different document
-                    fh.write(json.dumps({"text": " ".join(words)}) + "\n")
-        root = project(work / f"growth-{factor}x", runtime={"workers": 2}, ingest={
-            "sources": [{"name": "synthetic", "kind": "local", "paths": [str(corpus)]}],
-            "heldout_min_per_domain": 0})
+        root, corpus = synthetic_project(work, f"growth-{factor}x", texts, factor)
         docs = len(texts) * factor
         result = {"docs": docs}
         for name in ("ingest", "signals"):
@@ -136,10 +150,7 @@ def growth(work: Path, factors: list[int]) -> dict[int, dict]:
 
 
 def refresh(work: Path) -> dict[str, float]:
-    from stages.ingest.builtin import units
-
-    texts = [r.text for unit in units(["docstrings", "pydoc_topics"]) for r in unit.read()
-             if r.text]
+    texts = builtin_texts()
     corpus = work / "refresh-corpus"
     corpus.mkdir()
     per_file = len(texts) // 100
@@ -170,11 +181,13 @@ def refresh(work: Path) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--growth", type=int, nargs="*", default=[1, 4, 16])
+    ap.add_argument("--executor-scale", type=int, default=4,
+                    help="executors: copies of the built-in prose (work must outweigh start-up)")
     ap.add_argument("--skip-ray", action="store_true")
     ap.add_argument("--skip-refresh", action="store_true")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        ex = executors(Path(tmp), args.skip_ray)
+        ex = executors(Path(tmp), args.skip_ray, args.executor_scale)
         grown = growth(Path(tmp), args.growth)
         fresh = {} if args.skip_refresh else refresh(Path(tmp))
     for key, value in ex.items():
