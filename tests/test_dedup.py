@@ -181,6 +181,40 @@ def test_dedup_is_deterministic_across_runs_and_workers(truth):
             ) == outputs
 
 
+
+def test_refresh_scans_only_new_or_changed_texts(tmp_path, monkeypatch):
+    """After a refresh added and changed documents, only their signatures and word hashes are
+    computed (the rest come from the document cache) and the output is a clean run's, byte for
+    byte; a changed MinHash setting starts over."""
+    import stages.dedup
+
+    texts = distinct_docstrings(70, 30)
+    before = [row(t, f"d{i}") for i, t in enumerate(texts[:60])]
+    after = before[:20] + [row(texts[20] + " Changed.", "d20")] + before[21:] + [
+        row(t, f"d{i}") for i, t in enumerate(texts[60:], start=60)] + [row(texts[5], "copy")]
+    root = make_root(tmp_path / "refresh", before, into="filter", dedup=FAST_LM)
+    run(root, "dedup")
+    computed = []
+    real = stages.dedup.text_features
+    monkeypatch.setattr(stages.dedup, "text_features", lambda texts, params, seed: computed.extend(
+        texts) or real(texts, params, seed))
+    clean = make_root(tmp_path / "clean", after, into="filter", dedup=FAST_LM,
+                      runtime={"doc_cache": None})
+    run(clean, "dedup")
+    assert len(computed) == 71
+    computed.clear()
+    root = make_root(tmp_path / "refresh", after, into="filter", dedup=FAST_LM)
+    (metrics,) = run(root, "dedup")
+    assert sorted(computed) == sorted([texts[20] + " Changed.", *texts[60:]])
+    assert metrics["exact_duplicates_removed"] == 1  # the copy of a cached text
+    assert file_bytes(root / "data/dedup") == file_bytes(clean / "data/dedup")
+    assert (root / "reports/dedup/metrics.json").read_bytes() == (
+        clean / "reports/dedup/metrics.json").read_bytes()
+    computed.clear()
+    set_params(root, dedup={"num_perm": 96})
+    run(root, "dedup")
+    assert set(computed) == {r["text"] for r in after}  # all 70 distinct texts again
+
 def test_params_reject_bands_that_do_not_fit():
     with pytest.raises(ValueError, match="exceeds num_perm"):
         Params(num_perm=64, bands=14, rows=8)

@@ -32,12 +32,14 @@ from typing import Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field, field_validator, model_validator
 
 from stages.dedup import minhash, report, softdedup
 from stages.executor import Executor
 from stages.params import StrictModel
+from stages.registry import ROOT
 from stages.textstats import (
     ngram_hashes,
     ngram_valid,
@@ -45,6 +47,7 @@ from stages.textstats import (
     shingle_rows,
     stable_hashes,
 )
+from stages.textstats.doc_cache import DocCache, Fresh, merge, text_key, version
 from stages.textstats.shards import (
     ShardWriter,
     Unit,
@@ -126,20 +129,48 @@ def heldout_ngrams(shards: list[Path], n: int) -> np.ndarray:
     return np.unique(np.concatenate(found))
 
 
-def scan_texts(texts: list[str], heldout: np.ndarray, params: Params, seed: int) -> dict:
-    """Per text: held-out n-gram hits, exact key, MinHash signature, whether it has shingles;
-    plus its normalised word hashes (`h`, `counts`) for SoftDedup."""
-    n = params.decontam_ngram
+def text_features(texts: list[str], params: Params, seed: int) -> dict[str, np.ndarray]:
+    """What dedup computes per text, whatever the rest of the corpus: exact key, MinHash
+    signature, whether it has shingles, and its normalised word hashes (`h`, `counts`)."""
     h, offsets = normalized_hashes(texts)
-    starts = np.flatnonzero(ngram_valid(offsets, n))
-    found = np.isin(ngram_hashes(h, n)[n - 1][starts], heldout)
-    doc = np.searchsorted(offsets, starts[found], side="right") - 1
     shingles, rows = shingle_rows(h, offsets, params.shingle_size)
     return {"exact": stable_hashes(map(_exact_key, texts), len(texts)),
             "sig": minhash.signatures(shingles, rows, params.num_perm, seed),
-            "shingled": np.diff(rows) > 0,
-            "hits": np.bincount(doc, minlength=len(texts)),
-            "h": h, "counts": np.diff(offsets)}
+            "shingled": np.diff(rows) > 0, "h": h, "counts": np.diff(offsets)}
+
+
+def heldout_hits(h: np.ndarray, counts: np.ndarray, heldout: np.ndarray, n: int) -> np.ndarray:
+    """Per text, how many of its word n-grams occur in the held-out texts."""
+    offsets = np.r_[0, np.cumsum(counts)]
+    starts = np.flatnonzero(ngram_valid(offsets, n))
+    found = np.isin(ngram_hashes(h, n)[n - 1][starts], heldout)
+    doc = np.searchsorted(offsets, starts[found], side="right") - 1
+    return np.bincount(doc, minlength=len(counts))
+
+
+def scan_texts(texts: list[str], heldout: np.ndarray, params: Params, seed: int) -> dict:
+    """Per text: held-out n-gram hits and its `text_features`."""
+    features = text_features(texts, params, seed)
+    hits = heldout_hits(features["h"], features["counts"], heldout, params.decontam_ngram)
+    return {**features, "hits": hits}
+
+
+def _feature_table(features: dict[str, np.ndarray]) -> pa.Table:
+    """`text_features` as Arrow columns, the form the document cache keeps."""
+    sig = features["sig"]
+    return pa.table({
+        "exact": features["exact"], "shingled": features["shingled"],
+        "sig": pa.FixedSizeListArray.from_arrays(pa.array(sig.ravel()), sig.shape[1]),
+        "h": pa.LargeListArray.from_arrays(pa.array(np.r_[0, np.cumsum(features["counts"])]),
+                                           pa.array(features["h"], pa.uint64()))})
+
+
+def _features(table: pa.Table, num_perm: int) -> dict[str, np.ndarray]:
+    """`text_features` back from `_feature_table`'s columns."""
+    h = table["h"].combine_chunks()
+    return {"exact": table["exact"].to_numpy(), "shingled": table["shingled"].to_numpy(),
+            "sig": table["sig"].combine_chunks().flatten().to_numpy().reshape(-1, num_perm),
+            "h": h.flatten().to_numpy(), "counts": pc.list_value_length(h).to_numpy()}
 
 
 def shingle_sets(h: np.ndarray, counts: np.ndarray, docs: np.ndarray, n: int
@@ -190,19 +221,30 @@ def duplicates(alive: np.ndarray, exact: np.ndarray, sig: np.ndarray, shingled: 
                                  "pair_jaccard": pair_jaccard}
 
 
-def _scan(unit: Unit, scratch: Path, params: Params, seed: int) -> dict:
-    """Pass 1 over a unit: contamination, exact keys, MinHash signatures; tokens to scratch."""
+def _scan(unit: Unit, scratch: Path, params: Params, seed: int, cache: DocCache
+          ) -> tuple[dict, list[Fresh]]:
+    """Pass 1 over a unit: contamination, exact keys, MinHash signatures (those of texts seen
+    before from the document cache); tokens to scratch. Returns the newly computed rows too."""
     heldout = np.load(scratch / "heldout.npy")
     parts: dict[str, list] = {"doc_id": [], **{k: [v] for k, v in _empty(params).items()}}
+    fresh = []
     for table in unit.read(["doc_id", "text", "n_chars"]):
         texts = [t or "" for t in table["text"].to_pylist()]
+        keys = [text_key(t) for t in texts]
+        cached, found = cache.lookup(keys)
+        missing = [i for i, k in enumerate(keys) if k not in found]
+        new = _feature_table(text_features([texts[i] for i in missing], params, seed))
+        fresh.append(Fresh([keys[i] for i in missing], new))
+        features = _features(merge(new, cached, found, keys), params.num_perm)
+        features["hits"] = heldout_hits(features["h"], features["counts"], heldout,
+                                        params.decontam_ngram)
         parts["doc_id"] += table["doc_id"].to_pylist()
         parts["n_chars"].append(table["n_chars"].to_numpy())
-        for key, value in scan_texts(texts, heldout, params, seed).items():
+        for key, value in features.items():
             parts[key].append(value)
     out = {k: (v if k == "doc_id" else np.concatenate(v)) for k, v in parts.items()}
     np.savez(scratch / f"{unit.name}.npz", h=out.pop("h"), counts=out.pop("counts"))
-    return out
+    return out, fresh
 
 
 def lsh_report(params: Params) -> dict:
@@ -304,8 +346,17 @@ def _run(params: Params, ctx, pool: Executor) -> dict:
 
     # Pass 1: contamination, exact keys and signatures of every document.
     work = units(shards)
-    scan = partial(_scan, scratch=scratch, params=params, seed=ctx.base.seed)
-    scanned = list(ctx.progress(pool.map(scan, work), len(work), "dedup scan"))
+    cache = DocCache(ctx.root / ctx.runtime.doc_cache if ctx.runtime.doc_cache else None,
+                     "dedup-" + version({"shingle_size": params.shingle_size,
+                                         "num_perm": params.num_perm, "seed": ctx.base.seed},
+                                        [ROOT / f for f in ctx.stage.code_files()]))
+    scan = partial(_scan, scratch=scratch, params=params, seed=ctx.base.seed, cache=cache)
+    scanned, computed = [], 0
+    for result, fresh in ctx.progress(pool.map(scan, work), len(work), "dedup scan"):
+        scanned.append(result)
+        for batch in fresh:
+            cache.store(batch)
+            computed += len(batch)
     bounds = np.cumsum([0] + [len(s["doc_id"]) for s in scanned])  # rows of each unit
     doc_ids = np.array([d for s in scanned for d in s["doc_id"]], dtype=object)
     cat = {k: np.concatenate([v, *(s[k] for s in scanned)]) for k, v in _empty(params).items()
@@ -325,8 +376,9 @@ def _run(params: Params, ctx, pool: Executor) -> dict:
                 n=params.shingle_size))
     exact_dup, near_dup, cands = exact_rep != index, near_rep != index, lsh["candidates"]
     keep = ~contaminated & ~exact_dup & ~near_dup
-    ctx.log.info("dedup: %d contaminated, %d exact and %d near duplicates of %d documents",
-                 contaminated.sum(), exact_dup.sum(), near_dup.sum(), n)
+    ctx.log.info("dedup: %d contaminated, %d exact and %d near duplicates of %d documents; "
+                 "%d distinct texts scanned, the rest from the document cache",
+                 contaminated.sum(), exact_dup.sum(), near_dup.sum(), n, computed)
 
     # Passes 2-3: the commonness model over the kept documents, then their weights.
     sd = params.softdedup

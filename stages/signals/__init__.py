@@ -115,7 +115,8 @@ def run(params: Params, ctx) -> dict:
     docs, langs, flags, sums, rows = Counter(), Counter(), Counter(), {}, []
     writer, columns = None, []
     cache = DocCache(ctx.root / ctx.runtime.doc_cache if ctx.runtime.doc_cache else None,
-                     version(params, [ROOT / f for f in ctx.stage.code_files()]))
+                     version(params.model_dump(mode="json"),
+                             [ROOT / f for f in ctx.stage.code_files()]))
     computed = 0
     with ctx.executor() as pool:
         results = ctx.progress(pool.map(partial(_unit, params=params, cache=cache), work),

@@ -23,8 +23,9 @@ def text_key(text: str) -> bytes:
     return xxhash.xxh3_128_digest(text.encode())
 
 
-def version(params, code: list[Path]) -> str:
-    h = hashlib.sha256(json.dumps(params.model_dump(mode="json"), sort_keys=True).encode())
+def version(settings: dict, code: list[Path]) -> str:
+    """A hash of what the rows depend on: the settings that shape them and the code's bytes."""
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     for path in code:
         h.update(path.read_bytes())
     return h.hexdigest()[:24]
