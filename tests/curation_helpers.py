@@ -158,12 +158,13 @@ def distinct_docstrings(count: int, min_words: int, max_jaccard: float = 0.2) ->
 
 
 def run(root: Path, *names: str) -> list[dict]:
-    """Run curation stages under a registry reduced to them (other stages' params not needed)."""
+    """Run curation stages (and any stage named) under a registry reduced to them (other
+    stages' params not needed)."""
     from stages import registry
     from stages.runner import run_stage
 
     saved = registry.STAGES
-    registry.STAGES = tuple(s for s in saved if s.name in CURATION)
+    registry.STAGES = tuple(s for s in saved if s.name in CURATION or s.name in names)
     try:
         return [run_stage(name, root) for name in names]
     finally:

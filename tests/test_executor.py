@@ -21,7 +21,8 @@ from tests.conftest import sh
 from tests.curation_helpers import docstrings, file_bytes, make_root, row, run, set_params
 
 pytestmark = pytest.mark.slow
-CURATION = ("signals", "quality", "filter", "dedup")
+STAGES_RUN = ("signals", "quality", "filter", "dedup", "tokenize")
+TOKENIZE = {"corpus": "dedup", "vocab_size": 400, "seq_len": 64}  # no synth/mix upstream
 
 
 @pytest.fixture(scope="module")
@@ -88,23 +89,24 @@ def _kill_one_ray_worker(stop: threading.Event, killed: list[int]) -> None:
 
 
 def test_local_and_ray_outputs_are_identical_even_after_a_killed_worker(ray_cluster, tmp_path):
-    local = make_root(tmp_path / "local", _corpus(), runtime={"workers": 2})
+    local = make_root(tmp_path / "local", _corpus(), runtime={"workers": 2}, tokenize=TOKENIZE)
+    (local / "data/mix/corpus").mkdir(parents=True)
     remote = tmp_path / "ray"
     shutil.copytree(local, remote)
-    run(local, *CURATION)
+    run(local, *STAGES_RUN)
     set_params(remote, runtime={"executor": "ray", "ray_address": ray_cluster})
     stop, killed = threading.Event(), []
     killer = threading.Thread(target=_kill_one_ray_worker, args=(stop, killed))
     killer.start()
     try:
-        run(remote, *CURATION)
+        run(remote, *STAGES_RUN)
     finally:
         stop.set()
         killer.join()
     assert killed, "no Ray worker was seen running a task"
-    for out in ("data/signals", "data/quality", "data/filter", "data/dedup"):
+    for out in ("data/signals", "data/quality", "data/filter", "data/dedup", "data/tokenize"):
         assert file_bytes(remote / out) == file_bytes(local / out), out
-    for name in CURATION:
+    for name in STAGES_RUN:
         assert ((remote / f"reports/{name}/metrics.json").read_bytes()
                 == (local / f"reports/{name}/metrics.json").read_bytes())
 

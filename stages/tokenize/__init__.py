@@ -27,13 +27,16 @@ import io
 import json
 import re
 from collections.abc import Iterator
+from functools import cache, partial
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import pyarrow.parquet as pq
 from pydantic import Field, field_validator
 
 from stages.params import StrictModel
+from stages.textstats.shards import Unit, units
 from stages.tokenize.pack import PackWriter, token_dtype
 
 CORPORA = {  # tokenize.corpus -> the documents trained on (ablations use the earlier ones)
@@ -194,22 +197,37 @@ def is_validation(doc_id: str, seed: int, fraction: float) -> bool:
     return int.from_bytes(digest, "big") / 2**64 < fraction
 
 
-def _encode_split(sp, source: Path, writers: dict[str, PackWriter], route, threads: int,
+@cache
+def _processor(model: bytes):
+    import sentencepiece as spm
+
+    return spm.SentencePieceProcessor(model_proto=model)
+
+
+def _encode_unit(unit: Unit, model: bytes, weighted: bool) -> list[tuple]:
+    """A work unit's documents encoded: (doc_id, token ids, UTF-8 bytes, weight) in order."""
+    sp, out = _processor(model), []
+    for table in unit.read(["doc_id", "text"] + (["weight"] if weighted else [])):
+        texts = [t or "" for t in table["text"].to_pylist()]
+        weights = table["weight"].to_pylist() if weighted else [1.0] * len(texts)
+        for doc_id, text, ids, weight in zip(table["doc_id"].to_pylist(), texts,
+                                             sp.encode(texts), weights, strict=True):
+            out.append((doc_id, np.asarray(ids, dtype=np.int32), len(text.encode("utf-8")),
+                        1.0 if weight is None else float(weight)))
+    return out
+
+
+def _encode_split(model: bytes, source: Path, writers: dict[str, PackWriter], route, pool,
                   ctx, desc: str) -> None:
+    """Encode a corpus on the executor's workers; pack here, in corpus order."""
     shards = _shards(source)
     weighted = bool(shards) and "weight" in pq.read_schema(shards[0]).names
-    columns = ["doc_id", "text"] + (["weight"] if weighted else [])
-    docs = sum(pq.ParquetFile(p).metadata.num_rows for p in shards)
-    total = -(-docs // BATCH_ROWS)  # batches never span shards, so this is a lower bound
-    for batch in ctx.progress(_batches(source, columns), total or None, desc):
-        texts = [t or "" for t in batch["text"]]
-        encoded = sp.encode(texts, num_threads=threads)
-        weights = batch.get("weight") or [1.0] * len(texts)
-        for doc_id, text, ids, weight in zip(batch["doc_id"], texts, encoded, weights,
-                                             strict=True):
+    work = units(shards)
+    encoded = pool.map(partial(_encode_unit, model=model, weighted=weighted), work)
+    for docs in ctx.progress(encoded, len(work), desc):
+        for doc_id, ids, n_bytes, weight in docs:
             split = route(doc_id) if route is not None else "eval"
-            writers[split].add(doc_id, ids, len(text.encode("utf-8")),
-                               1.0 if weight is None else float(weight))
+            writers[split].add(doc_id, ids, n_bytes, weight)
 
 
 def run(params: Params, ctx) -> dict:
@@ -239,9 +257,9 @@ def run(params: Params, ctx) -> dict:
     def route(doc_id: str) -> str:
         return "validation" if doc_id in val_ids else "train"
 
-    threads = ctx.workers
-    _encode_split(sp, corpus, writers, route, threads, ctx, "tokenize corpus")
-    _encode_split(sp, heldout, writers, None, threads, ctx, "tokenize heldout")
+    with ctx.executor() as pool:
+        _encode_split(model, corpus, writers, route, pool, ctx, "tokenize corpus")
+        _encode_split(model, heldout, writers, None, pool, ctx, "tokenize heldout")
     sources = {"train": CORPORA[params.corpus], "validation": CORPORA[params.corpus],
                "eval": HELDOUT}
     splits = {name: w.close({"split": name, "source": sources[name]})

@@ -45,8 +45,8 @@ class PackWriter:
         self.docs: dict[str, list] = {name: [] for name in DOCS_SCHEMA.names}
         self.tokens = self.sequences = self.pad_tokens = self.bytes = 0
 
-    def add(self, doc_id: str, ids: list[int], n_bytes: int, weight: float) -> None:
-        arr = np.asarray([*ids, self.eos_id], dtype=np.int64)
+    def add(self, doc_id: str, ids: np.ndarray, n_bytes: int, weight: float) -> None:
+        arr = np.append(np.asarray(ids, dtype=np.int64), self.eos_id)
         for name, value in zip(DOCS_SCHEMA.names, (doc_id, self.tokens, len(arr), n_bytes, weight),
                                strict=True):
             self.docs[name].append(value)
