@@ -265,7 +265,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         name="tokenize",
         description="SentencePiece tokenizer (HF format) and packed train/validation/eval tokens.",
-        code=("stages/tokenize",),
+        code=("stages/tokenize", "stages/textstats/shards.py"),
         deps=("data/mix", "data/dedup", "data/ingest", "data/filter"),
         params=("base.seed", "tokenize"),
         out="data/tokenize",
