@@ -1,7 +1,7 @@
 """Doc ids, the held-out split, spilling, and the sharded Parquet output with its manifest.
 
-Ingest streams: documents go to sorted spill runs on disk as they are read (`Spill`), only a
-compact `Entry` per document (id, source, domain, length: ~0.3 KB) stays in memory for the
+Ingest streams: documents go to sorted spill runs on disk as they are read (`Spill`), only an
+`Entry` per document (id, source, domain, length: ~0.8 KB measured) stays in memory for the
 global decisions (per-source caps, the held-out split), and the output is a k-way merge of the
 runs in doc-id order (`ShardedOutput`). Peak memory: one run of text plus the entries, whatever
 the corpus size.
