@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 import yaml  # noqa: E402
 
 from orchestration.dvc_cli import venv_env  # noqa: E402
-from tests.conftest import copy_project  # noqa: E402
+from tests.conftest import copy_project, stop_ray  # noqa: E402
 from tests.curation_helpers import file_bytes  # noqa: E402
 
 SECTIONS = ("base", "runtime", "orchestration", "ingest", "signals", "quality", "filter", "dedup")
@@ -83,9 +83,10 @@ def executors(work: Path, skip_ray: bool, factor: int) -> dict[str, float]:
     ray_address = None
     if not skip_ray:
         started = time.perf_counter()
+        ray_dir = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
         head = subprocess.run(["ray", "start", "--head", "--num-cpus", "2", "--include-dashboard",
-                               "false", "--disable-usage-stats"], env=venv_env(),
-                              capture_output=True, text=True, check=True)
+                               "false", "--disable-usage-stats", "--temp-dir", str(ray_dir)],
+                              env=venv_env(), capture_output=True, text=True, check=True)
         out["ray_start_s"] = time.perf_counter() - started
         said = head.stdout + head.stderr
         ray_address = said.split("ray start --address='")[1].split("'")[0]
@@ -102,7 +103,7 @@ def executors(work: Path, skip_ray: bool, factor: int) -> dict[str, float]:
             assert got == reference, f"{label}: outputs differ from local1"
     finally:
         if ray_address:
-            subprocess.run(["ray", "stop", "--force"], env=venv_env(), capture_output=True)
+            stop_ray(ray_dir)  # this cluster only, not every Ray process on the machine
     return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -29,6 +30,21 @@ def sh(
         )
     return proc
 
+
+
+def stop_ray(temp_dir: Path) -> None:
+    """Stop the Ray processes of the cluster started with `--temp-dir temp_dir`, and only those
+    (`ray stop` would stop every Ray process on the machine, a user's own cluster included)."""
+    import psutil
+
+    roots = [p for p in psutil.process_iter(["cmdline"])
+             if any(str(temp_dir) in part for part in (p.info["cmdline"] or []))]
+    ours = {p.pid: p for root in roots for p in [root, *root.children(recursive=True)]}
+    for proc in ours.values():  # agents rename themselves (`ray::...`): found as children
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    psutil.wait_procs(list(ours.values()), timeout=30)
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 def copy_project(dest: Path) -> Path:
     """Copy the project's source files (tracked and new, not ignored) without outputs or state."""

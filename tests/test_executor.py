@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import signal
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 from stages.executor import open_executor
 from stages.params import Runtime
 from stages.registry import STAGES
-from tests.conftest import sh
+from tests.conftest import sh, stop_ray
 from tests.curation_helpers import docstrings, file_bytes, make_root, row, run, set_params
 
 pytestmark = pytest.mark.slow
@@ -33,8 +34,10 @@ def ray_cluster():
     from orchestration.webserver import free_port
 
     port = free_port()
+    temp_dir = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # short: Ray's socket paths
     head = sh("ray", "start", "--head", "--port", str(port), "--num-cpus", "1",
-              "--include-dashboard", "false", "--disable-usage-stats", cwd=Path.cwd())
+              "--include-dashboard", "false", "--disable-usage-stats", "--temp-dir",
+              str(temp_dir), cwd=Path.cwd())
     address = re.search(r"ray start --address='([^']+)'", head.stdout + head.stderr).group(1)
     saved = os.environ.get("RAY_AUTH_MODE")
     os.environ["RAY_AUTH_MODE"] = "token"  # what joins the cluster presents its token
@@ -43,7 +46,7 @@ def ray_cluster():
            cwd=Path.cwd())
         yield address
     finally:
-        sh("ray", "stop", "--force", cwd=Path.cwd(), check=False)
+        stop_ray(temp_dir)
         if saved is None:
             del os.environ["RAY_AUTH_MODE"]
         else:
