@@ -57,6 +57,9 @@ class Runtime(StrictModel):
     doc_cache: str | None = Field(
         ".cache/docs", description="per-document signals of texts seen before (relative to the "
         "project), so a refresh computes only new or changed documents; None: compute all")
+    spill_chars: int = Field(
+        64_000_000, ge=1, description="text `ingest` holds in memory before writing a sorted "
+        "spill run: its memory ceiling (the output is the same whatever it is)")
     synth_cache: str = Field(
         ".cache/synth", description="the generation cache directory (relative to the project)"
     )

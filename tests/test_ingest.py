@@ -165,13 +165,16 @@ def test_streams_through_spill_runs_with_identical_output(tmp_path, monkeypatch)
                            "max_docs": 60}],
               "heldout_fraction": 0.2, "shard_docs": 7, "row_group_docs": 3}
     run_ingest(tmp_path / "one", ingest)
-    runs = []
-    flush = shards.Spill.flush
-    monkeypatch.setattr(shards, "RUN_CHARS", 20_000)
+    runs, writes = [], []
+    flush, write = shards.Spill.flush, shards.Spill._write
     monkeypatch.setattr(shards.Spill, "flush", lambda self: (flush(self), runs.append(
         len(self.runs)))[0])
-    run_ingest(tmp_path / "many", ingest)
+    monkeypatch.setattr(shards.Spill, "_write", lambda self, docs: (write(self, docs),
+                                                                     writes.append(1))[0])
+    monkeypatch.setattr(shards, "MERGE_FAN_IN", 3)
+    run_ingest(tmp_path / "many", ingest, spill_chars=20_000)
     assert max(runs) >= 10  # the corpus went to disk in many runs, not held at once
+    assert len(writes) > max(runs)  # more runs than MERGE_FAN_IN: merged in several passes
     assert all_outputs(tmp_path / "one") == all_outputs(tmp_path / "many")
     for split in ("corpus", "heldout"):
         for entry in manifest(tmp_path / "many", split)["shards"]:

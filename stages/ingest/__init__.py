@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
 from pydantic import Field, model_validator
 
 from stages.ingest.cache import ReadCache
@@ -52,19 +53,18 @@ def run(params: Params, ctx: StageContext) -> dict:
     # every source checked before any is read
     plans = [(src, resolve(src, ctx, caches[src.name])) for src in params.sources]
     scratch = ctx.out("data/ingest/.spill")  # in the output's temp dir: swept if killed
-    spill = shards.Spill(scratch)
-    entries: list[shards.Entry] = []
+    spill = shards.Spill(scratch, ctx.runtime.spill_chars)
+    entries = shards.Entries()
     per_source = {}
     for src, units in plans:
-        kept, tally = _read(src, units, params.max_doc_chars, ctx, spill)
-        entries.extend(kept)
+        tally = _read(src, units, params.max_doc_chars, ctx, spill, entries)
         per_source[src.name] = {"kind": src.kind, **tally}
         cache = caches[src.name]
         if cache.hits or cache.reads:
             ctx.log.info("source %s: %d objects read, %d unchanged ones from the ingest cache",
                          src.name, cache.reads, cache.hits)
             cache.write_manifest()
-    held = shards.heldout_ids(
+    held = shards.heldout_mask(
         entries, params.heldout_fraction, params.heldout_min_per_domain, ctx.base.seed
     )
     metrics: dict = {
@@ -73,12 +73,16 @@ def run(params: Params, ctx: StageContext) -> dict:
         "truncated": sum(s["truncated"] for s in per_source.values()),
         "skipped": {r: sum(s["skipped"].get(r, 0) for s in per_source.values()) for r in REASONS},
     }
-    keep = {e.doc_id: e for e in entries}
     outputs = {split: shards.ShardedOutput(ctx.out(out), params.shard_docs, params.row_group_docs)
                for split, out in (("corpus", CORPUS), ("heldout", HELDOUT))}
+    # the spill holds every document read, the entries the kept ones: both in doc-id order
+    order = shards.id_order(entries.table)
+    kept = iter(order)
+    nxt = next(kept, None)
     for doc in spill.merged():
-        if doc.doc_id in keep:  # not capped
-            outputs["heldout" if doc.doc_id in held else "corpus"].add(doc, keep[doc.doc_id])
+        if nxt is not None and doc.doc_id == shards.Entries.doc_id(entries.table[nxt]):
+            outputs["heldout" if held[nxt] else "corpus"].add(doc)
+            nxt = next(kept, None)
     shutil.rmtree(scratch)
     manifests = {split: output.close({"split": split, "ingest": dict(metrics)})
                  for split, output in outputs.items()}  # ingest-wide metrics, before the split
@@ -87,19 +91,20 @@ def run(params: Params, ctx: StageContext) -> dict:
     none = {"docs": 0, "chars": 0}
     metrics["domains"] = {
         dom: {split: m["domains"].get(dom, none) for split, m in manifests.items()}
-        for dom in sorted({e.domain for e in entries})
+        for dom in sorted(entries.domains[c] for c in np.unique(entries.table["domain"]))
     }
     metrics["sources"] = per_source
     return metrics
 
 
-def _read(src: Source, units: list[Unit], max_doc_chars: int, ctx: StageContext, spill):
-    """One source's documents into the spill; its kept entries (capped to its max_docs /
-    max_chars by doc id) and its tally."""
-    from stages.ingest.shards import Doc, Entry, doc_id
+def _read(src: Source, units: list[Unit], max_doc_chars: int, ctx: StageContext, spill,
+          entries) -> dict:
+    """One source's documents into the spill and its kept ones into `entries` (capped to its
+    max_docs / max_chars by doc id); returns its tally."""
+    from stages.ingest.shards import Doc, doc_id, id_order
 
     read, skipped = 0, Counter()
-    kept: list[Entry] = []
+    first = len(entries)
     for unit in ctx.progress(units, len(units), f"ingest {src.name}"):
         for rec in unit.read():
             read += 1
@@ -110,31 +115,34 @@ def _read(src: Source, units: list[Unit], max_doc_chars: int, ctx: StageContext,
             i = doc_id(src.name, rec.path, rec.index)
             text = rec.text[:max_doc_chars]
             spill.add(Doc(i, src.name, unit.domain, rec.path, text))
-            kept.append(Entry(i, src.name, unit.domain, len(text), len(rec.text) > max_doc_chars))
+            entries.add(i, src.name, unit.domain, len(text), len(rec.text) > max_doc_chars)
+    mine = entries.table[first:]
     if src.max_docs or src.max_chars:
-        kept.sort()
-        n, chars = 0, 0
-        for d in kept[: src.max_docs]:
-            if src.max_chars and chars + d.n_chars > src.max_chars:
-                break
-            n, chars = n + 1, chars + d.n_chars
-        skipped["capped"] += len(kept) - n
-        kept = kept[:n]
-    n_trunc = sum(d.truncated for d in kept)
+        ranked = id_order(mine)[: src.max_docs]
+        n = len(ranked)
+        if src.max_chars:
+            n = int(np.searchsorted(np.cumsum(mine["n_chars"][ranked]), src.max_chars, "right"))
+        skipped["capped"] += len(mine) - n
+        keep = np.ones(len(entries), dtype=bool)
+        keep[first:] = False
+        keep[first + ranked[:n]] = True
+        entries.keep(keep)
+        mine = entries.table[first:]
+    n_trunc = int(mine["truncated"].sum())
     summary = ", ".join(f"{r}={n}" for r, n in sorted(skipped.items()))
     log = ctx.log.warning if n_trunc or set(skipped) - {"capped"} else ctx.log.info
     log(
         "source %s: read %d, kept %d (%d truncated), skipped %d%s",
         src.name,
         read,
-        len(kept),
+        len(mine),
         n_trunc,
         sum(skipped.values()),
         f": {summary}" if summary else "",
     )
-    return kept, {
+    return {
         "read": read,
-        "kept": len(kept),
+        "kept": len(mine),
         "truncated": n_trunc,
         "skipped": dict(sorted(skipped.items())),
     }

@@ -1,21 +1,22 @@
 """Doc ids, the held-out split, spilling, and the sharded Parquet output with its manifest.
 
-Ingest streams: documents go to sorted spill runs on disk as they are read (`Spill`), only an
-`Entry` per document (id, source, domain, length: ~0.8 KB measured) stays in memory for the
-global decisions (per-source caps, the held-out split), and the output is a k-way merge of the
-runs in doc-id order (`ShardedOutput`). Peak memory: one run of text plus the entries, whatever
-the corpus size.
+Ingest streams: documents go to sorted spill runs on disk as they are read (`Spill`), only
+29 bytes per document (`Entries`: numpy columns of id, source, domain, length) stay in memory
+for the global decisions (per-source caps, the held-out split), and the output is a k-way merge
+of the runs in doc-id order (`ShardedOutput`). Peak memory: one run of text, one row group per
+merged run (at most `MERGE_FAN_IN`), plus the entries.
 """
 
 from __future__ import annotations
 
 import hashlib
 import heapq
-from collections import defaultdict
-from collections.abc import Iterator
+import itertools
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -51,43 +52,102 @@ def _unit_hash(seed: int, key: str) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
-def heldout_ids(docs: list[Entry], fraction: float, min_per_domain: int, seed: int) -> set[str]:
+class Entries:
+    """What ingest keeps per document, no text, as numpy columns (~30 bytes per document): the id
+    as two big-endian 64-bit halves (so (hi, lo) order is doc-id order), source and domain
+    codes, length, whether it was truncated."""
+
+    CHUNK = 65_536
+
+    def __init__(self) -> None:
+        self.sources: list[str] = []
+        self.domains: list[str] = []
+        self._codes: dict[tuple[int, str], int] = {}
+        self._rows: list[tuple[int, int, int, int, int, bool]] = []
+        self._parts: list[np.ndarray] = []
+        self._table: np.ndarray | None = None
+
+    def add(self, doc_id: str, source: str, domain: str, n_chars: int, truncated: bool) -> None:
+        self._rows.append((int(doc_id[:16], 16), int(doc_id[16:], 16), self._code(0, source),
+                           self._code(1, domain), n_chars, truncated))
+        if len(self._rows) == self.CHUNK:
+            self._flush()
+
+    def _code(self, kind: int, name: str) -> int:
+        code = self._codes.get((kind, name))
+        if code is None:
+            names = (self.sources, self.domains)[kind]
+            code = self._codes[(kind, name)] = len(names)
+            names.append(name)
+        return code
+
+    def _flush(self) -> None:
+        if self._rows:
+            self._parts.append(np.array(self._rows, dtype=ENTRY_DTYPE))
+            self._rows = []
+        self._table = None
+
+    @property
+    def table(self) -> np.ndarray:
+        """Every entry, in the order added."""
+        if self._table is None or self._rows:
+            self._flush()
+            self._table = np.concatenate(self._parts or [np.zeros(0, ENTRY_DTYPE)])
+            self._parts = [self._table]
+        return self._table
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def keep(self, mask: np.ndarray) -> None:
+        """Drop the entries where `mask` is False."""
+        self._parts, self._table = [self.table[mask]], None
+
+    @staticmethod
+    def doc_id(row: np.void) -> str:
+        return f"{int(row['hi']):016x}{int(row['lo']):016x}"
+
+
+ENTRY_DTYPE = np.dtype([("hi", "u8"), ("lo", "u8"), ("source", "u2"), ("domain", "u2"),
+                        ("n_chars", "i8"), ("truncated", "?")])
+
+
+def id_order(table: np.ndarray) -> np.ndarray:
+    """Indices that sort entries by doc id."""
+    return np.lexsort((table["lo"], table["hi"]))
+
+
+def heldout_mask(entries: Entries, fraction: float, min_per_domain: int, seed: int
+                 ) -> np.ndarray:
     """Per domain, the docs whose seeded id hash is below `fraction`, topped up to the minimum
-    (at most half the domain) with the next-lowest hashes."""
-    by_domain: dict[str, list[tuple[float, str]]] = defaultdict(list)
-    for d in docs:
-        by_domain[d.domain].append((_unit_hash(seed, d.doc_id), d.doc_id))
-    held: set[str] = set()
-    for ranked in by_domain.values():
-        ranked.sort()
-        n = sum(h < fraction for h, _ in ranked)
-        n = max(n, min(min_per_domain, len(ranked) // 2))
-        held.update(i for _, i in ranked[:n])
+    (at most half the domain) with the next-lowest hashes (ties: smaller doc id)."""
+    table = entries.table
+    h = np.fromiter((_unit_hash(seed, Entries.doc_id(r)) for r in table), np.float64,
+                    len(table))
+    held = np.zeros(len(table), dtype=bool)
+    for domain in range(len(entries.domains)):
+        idx = np.flatnonzero(table["domain"] == domain)
+        ranked = idx[np.lexsort((table["lo"][idx], table["hi"][idx], h[idx]))]
+        n = int((h[idx] < fraction).sum())
+        n = max(n, min(min_per_domain, len(idx) // 2))
+        held[ranked[:n]] = True
     return held
 
 
-class Entry(NamedTuple):
-    """What ingest keeps in memory per document: no text."""
-
-    doc_id: str
-    source: str
-    domain: str
-    n_chars: int
-    truncated: bool
-
-
-RUN_CHARS = 64_000_000  # text per spill run: what ingest holds in memory at most
+RUN_ROW_GROUP = 256  # documents per row group of a spill run
+MERGE_FAN_IN = 16  # runs merged at once
 RUN_SCHEMA = pa.schema([f for f in SCHEMA if f.name != "n_chars"])
 
 
 class Spill:
-    """Documents written to doc-id-sorted Parquet runs of about `RUN_CHARS` characters."""
+    """Documents written to doc-id-sorted Parquet runs of about `run_chars` characters
+    (`runtime.spill_chars`)."""
 
-    def __init__(self, directory: Path, run_chars: int | None = None):
-        self.directory, self.run_chars = directory, run_chars or RUN_CHARS
+    def __init__(self, directory: Path, run_chars: int):
+        self.directory, self.run_chars = directory, run_chars
         directory.mkdir(parents=True)
         self._buffer: list[Doc] = []
-        self._chars, self.runs = 0, []
+        self._chars, self.runs, self._written = 0, [], 0
 
     def add(self, doc: Doc) -> None:
         self._buffer.append(doc)
@@ -99,30 +159,42 @@ class Spill:
         if not self._buffer:
             return
         self._buffer.sort()
-        path = self.directory / f"run-{len(self.runs):05d}.parquet"
-        columns = {f: [getattr(d, f) for d in self._buffer] for f in Doc._fields}
-        pq.write_table(pa.table(columns, schema=RUN_SCHEMA), path, compression="zstd")
-        self.runs.append(path)
+        self._write(self._buffer)
         self._buffer, self._chars = [], 0
 
+    def _write(self, docs: Iterable[Doc]) -> None:
+        """One sorted run, in small row groups: the merge reads one row group per run at a time,
+        so its memory is not the run size times the number of runs."""
+        path = self.directory / f"run-{self._written:05d}.parquet"
+        self._written += 1
+        docs = iter(docs)
+        with pq.ParquetWriter(path, RUN_SCHEMA, compression="zstd") as writer:
+            while batch := list(itertools.islice(docs, RUN_ROW_GROUP)):
+                columns = {f: [getattr(d, f) for d in batch] for f in Doc._fields}
+                writer.write_table(pa.table(columns, schema=RUN_SCHEMA))
+        self.runs.append(path)
+
+    @staticmethod
+    def _read(path: Path, batch_rows: int) -> Iterator[Doc]:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
+            yield from (Doc(*row) for row in zip(*batch.to_pydict().values(), strict=True))
+
     def merged(self, batch_rows: int = 64) -> Iterator[Doc]:
-        """Every spilled document, in doc-id order (a k-way merge, one batch per run in memory)."""
+        """Every spilled document, in doc-id order: a k-way merge of at most `MERGE_FAN_IN`
+        runs (more are first merged in groups into longer runs, so the open readers, and the
+        memory, stay bounded whatever the corpus size)."""
         self.flush()
-
-        def read(path: Path) -> Iterator[Doc]:
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
-                yield from (Doc(*row) for row in zip(*batch.to_pydict().values(), strict=True))
-
-        return heapq.merge(*(read(p) for p in self.runs), key=lambda d: d.doc_id)
-
-
-def _counts(docs: list[Entry], key: str) -> dict[str, dict[str, int]]:
-    out: dict[str, dict[str, int]] = {}
-    for d in sorted(docs):
-        c = out.setdefault(getattr(d, key), {"docs": 0, "chars": 0})
-        c["docs"] += 1
-        c["chars"] += d.n_chars
-    return out
+        while len(self.runs) > MERGE_FAN_IN:
+            groups = [self.runs[i:i + MERGE_FAN_IN] for i in range(0, len(self.runs),
+                                                                   MERGE_FAN_IN)]
+            self.runs = []
+            for group in groups:
+                self._write(heapq.merge(*(self._read(p, batch_rows) for p in group),
+                                        key=lambda d: d.doc_id))
+                for path in group:
+                    path.unlink()
+        return heapq.merge(*(self._read(p, batch_rows) for p in self.runs),
+                           key=lambda d: d.doc_id)
 
 
 class ShardedOutput:
@@ -132,16 +204,21 @@ class ShardedOutput:
     def __init__(self, out: Path, shard_docs: int, row_group_docs: int):
         out.mkdir(parents=True)
         self.out, self.shard_docs, self.row_group_docs = out, shard_docs, row_group_docs
-        self.entries: list[Entry] = []
+        self.last_id = ""
+        self.counts: dict[str, dict[str, dict[str, int]]] = {"sources": {}, "domains": {}}
         self.shards: list[dict] = []
         self._rows: list[Doc] = []
         self._writer: pq.ParquetWriter | None = None
         self._in_shard = 0
 
-    def add(self, doc: Doc, entry: Entry) -> None:
-        if self.entries and entry.doc_id <= self.entries[-1].doc_id:
-            raise ValueError(f"documents out of id order at {entry.doc_id}")
-        self.entries.append(entry)
+    def add(self, doc: Doc) -> None:
+        if doc.doc_id <= self.last_id:
+            raise ValueError(f"documents out of id order at {doc.doc_id}")
+        self.last_id = doc.doc_id
+        for kind, name in (("sources", doc.source), ("domains", doc.domain)):
+            c = self.counts[kind].setdefault(name, {"docs": 0, "chars": 0})
+            c["docs"] += 1
+            c["chars"] += len(doc.text)
         self._rows.append(doc)
         if len(self._rows) == self.row_group_docs or self._in_shard + len(self._rows) == \
                 self.shard_docs:
@@ -180,11 +257,10 @@ class ShardedOutput:
         manifest = {
             "schema": {f.name: str(f.type) for f in SCHEMA},
             "sorted_by": "doc_id",
-            "docs": len(self.entries),
+            "docs": sum(s["docs"] for s in self.shards),
             "chars": sum(s["chars"] for s in self.shards),
             "shards": self.shards,
-            "sources": _counts(self.entries, "source"),
-            "domains": _counts(self.entries, "domain"),
+            **self.counts,
             **extra,
         }
         (self.out / "manifest.json").write_text(canonical_json(manifest) + "\n")
