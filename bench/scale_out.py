@@ -6,7 +6,8 @@
    before the timed runs: its start-up is reported apart). Scaling efficiency = t(1) / (2 t(2));
    Ray's overhead = t(Ray, 2) / t(local, 2) - 1 (goal: within 15%). Outputs are checked identical.
 2. Growth: `ingest` + `signals` (2 local workers) on a synthetic corpus of 1x, 4x and 16x the
-   built-in prose (copies with a word changed per copy, as local files): peak memory of the
+   built-in prose (copies with a word changed per copy, as local files; ingest spill runs of 2 M
+   characters, so every size spills): peak memory of the
    largest process (ru_maxrss of the stage's process tree) and seconds per document (goal:
    memory flat within 20%, time linear).
 3. Refresh: the built-in prose as 100 local files; `ingest` + `signals` from scratch (no caches)
