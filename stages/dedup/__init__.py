@@ -47,7 +47,7 @@ from stages.textstats import (
     shingle_rows,
     stable_hashes,
 )
-from stages.textstats.doc_cache import DocCache, Fresh, merge, text_key, version
+from stages.textstats.doc_cache import DocCache, Fresh, version
 from stages.textstats.shards import (
     ShardWriter,
     Unit,
@@ -230,12 +230,10 @@ def _scan(unit: Unit, scratch: Path, params: Params, seed: int, cache: DocCache
     fresh = []
     for table in unit.read(["doc_id", "text", "n_chars"]):
         texts = [t or "" for t in table["text"].to_pylist()]
-        keys = [text_key(t) for t in texts]
-        cached, found = cache.lookup(keys)
-        missing = [i for i, k in enumerate(keys) if k not in found]
-        new = _feature_table(text_features([texts[i] for i in missing], params, seed))
-        fresh.append(Fresh([keys[i] for i in missing], new))
-        features = _features(merge(new, cached, found, keys), params.num_perm)
+        merged, rows = cache.compute(
+            texts, lambda ts: _feature_table(text_features(ts, params, seed)))
+        fresh.append(rows)
+        features = _features(merged, params.num_perm)
         features["hits"] = heldout_hits(features["h"], features["counts"], heldout,
                                         params.decontam_ngram)
         parts["doc_id"] += table["doc_id"].to_pylist()
@@ -354,9 +352,7 @@ def _run(params: Params, ctx, pool: Executor) -> dict:
     scanned, computed = [], 0
     for result, fresh in ctx.progress(pool.map(scan, work), len(work), "dedup scan"):
         scanned.append(result)
-        for batch in fresh:
-            cache.store(batch)
-            computed += len(batch)
+        computed += cache.store(fresh)
     bounds = np.cumsum([0] + [len(s["doc_id"]) for s in scanned])  # rows of each unit
     doc_ids = np.array([d for s in scanned for d in s["doc_id"]], dtype=object)
     cat = {k: np.concatenate([v, *(s[k] for s in scanned)]) for k, v in _empty(params).items()

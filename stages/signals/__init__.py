@@ -18,7 +18,7 @@ from stages.params import StrictModel
 from stages.registry import ROOT
 from stages.signals import heuristics, language, textbook, toxicity
 from stages.textstats import tokenize
-from stages.textstats.doc_cache import DocCache, Fresh, merge, text_key, version
+from stages.textstats.doc_cache import DocCache, Fresh, version
 from stages.textstats.shards import (
     ShardWriter,
     Unit,
@@ -70,21 +70,12 @@ def _table(cols: dict[str, np.ndarray | list]) -> pa.Table:
     })
 
 
-def _signals(texts: list[str], params: Params, cache: DocCache) -> tuple[pa.Table, Fresh]:
-    """Every signal of the texts, those of texts seen before from the cache; the new rows."""
-    keys = [text_key(t) for t in texts]
-    cached, found = cache.lookup(keys)
-    missing = [i for i, k in enumerate(keys) if k not in found]
-    new = _table(compute([texts[i] for i in missing], params))
-    return merge(new, cached, found, keys), Fresh([keys[i] for i in missing], new)
-
-
 def _unit(unit: Unit, params: Params, cache: DocCache) -> tuple[pa.Table, dict, list[Fresh]]:
     """Signals of one work unit, per-domain sums for the metrics, and the newly computed rows."""
     tables, docs, langs, flags, sums, fresh = [], Counter(), Counter(), Counter(), {}, []
     for table in unit.read(["doc_id", "domain", "text"]):
         texts = [t or "" for t in table["text"].to_pylist()]
-        sig, rows = _signals(texts, params, cache)
+        sig, rows = cache.compute(texts, lambda ts: _table(compute(ts, params)))
         fresh.append(rows)
         cols = {c: sig[c].to_numpy(zero_copy_only=False) for c in sig.column_names}
         tables.append(sig.add_column(0, "doc_id", table["doc_id"].combine_chunks()))
@@ -122,9 +113,7 @@ def run(params: Params, ctx) -> dict:
         results = ctx.progress(pool.map(partial(_unit, params=params, cache=cache), work),
                                len(work), "signals")
         for unit, (table, s, fresh) in zip(work, results, strict=True):
-            for batch in fresh:
-                cache.store(batch)
-                computed += len(batch)
+            computed += cache.store(fresh)
             if writer is None or writer.path != out_dir / unit.path.name:
                 if writer is not None:
                     rows.append((writer.path.name, writer.close()))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
@@ -93,13 +94,29 @@ class DocCache:
             parts.append(tables[b].take(pa.array([where[k][1] for k in found], pa.int64())))
         return pa.concat_tables(parts), position
 
-    def store(self, fresh: Fresh) -> None:
-        if self.path is None or not len(fresh):
-            return
+    def compute(self, texts: list[str], fn: Callable[[list[str]], pa.Table]
+                ) -> tuple[pa.Table, Fresh]:
+        """`fn(texts)`'s rows, computing only the texts not cached; the rows computed, to
+        `store` (in the stage's process: workers only read)."""
+        keys = [text_key(t) for t in texts]
+        cached, found = self.lookup(keys)
+        missing = [i for i, k in enumerate(keys) if k not in found]
+        new = fn([texts[i] for i in missing])
+        return merge(new, cached, found, keys), Fresh([keys[i] for i in missing], new)
+
+    def store(self, batches: list[Fresh]) -> int:
+        """Keep the computed rows; returns how many distinct texts they hold."""
+        batches = [f for f in batches if len(f)]
+        if self.path is None or not batches:
+            return sum(len(f) for f in batches)
         with self._connect() as db:
-            batch = db.execute("INSERT INTO batches (ipc) VALUES (?)", (fresh.blob,)).lastrowid
-            db.executemany("INSERT OR IGNORE INTO rows VALUES (?, ?, ?)",
-                           [(k, batch, r) for k, r in zip(fresh.keys, fresh.rows, strict=True)])
+            for fresh in batches:
+                batch = db.execute("INSERT INTO batches (ipc) VALUES (?)",
+                                   (fresh.blob,)).lastrowid
+                db.executemany("INSERT OR IGNORE INTO rows VALUES (?, ?, ?)",
+                               [(k, batch, r) for k, r in zip(fresh.keys, fresh.rows,
+                                                              strict=True)])
+        return sum(len(f) for f in batches)
 
 
 def merge(new: pa.Table, cached: pa.Table | None, found: dict[bytes, int],

@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 from pydantic import Field, field_validator
 
 from stages.params import StrictModel
-from stages.textstats.shards import Unit, units
+from stages.textstats.shards import Unit, list_shards, units
 from stages.tokenize.pack import PackWriter, token_dtype
 
 CORPORA = {  # tokenize.corpus -> the documents trained on (ablations use the earlier ones)
@@ -75,12 +75,8 @@ class Params(StrictModel):
         return n
 
 
-def _shards(directory: Path) -> list[Path]:
-    return sorted(directory.glob("part-*.parquet"))
-
-
 def _batches(directory: Path, columns: list[str]) -> Iterator[dict[str, list]]:
-    for shard in _shards(directory):
+    for shard in list_shards(directory):
         for batch in pq.ParquetFile(shard).iter_batches(batch_size=BATCH_ROWS, columns=columns):
             yield batch.to_pydict()
 
@@ -220,7 +216,7 @@ def _encode_unit(unit: Unit, model: bytes, weighted: bool) -> list[tuple]:
 def _encode_split(model: bytes, source: Path, writers: dict[str, PackWriter], route, pool,
                   ctx, desc: str) -> None:
     """Encode a corpus on the executor's workers; pack here, in corpus order."""
-    shards = _shards(source)
+    shards = list_shards(source)
     weighted = bool(shards) and "weight" in pq.read_schema(shards[0]).names
     work = units(shards)
     encoded = pool.map(partial(_encode_unit, model=model, weighted=weighted), work)
