@@ -5,6 +5,8 @@
    worker, 2 local workers, and a 2-CPU local Ray cluster (started once,
    before the timed runs: its start-up is reported apart). Scaling efficiency = t(1) / (2 t(2));
    Ray's overhead = t(Ray, 2) / t(local, 2) - 1 (goal: within 15%). Outputs are checked identical.
+   The same at 16 copies (2 local workers and Ray) splits each executor's time into seconds per
+   document (the slope between the sizes) and a per-stage fixed cost.
 2. Growth: `ingest` + `signals` (2 local workers) on a synthetic corpus of 1x, 4x and 16x the
    built-in prose (copies with a word changed per copy, as local files; ingest spill runs of 2 M
    characters, so every size spills): peak memory of the
@@ -73,13 +75,8 @@ def set_workers(root: Path, workers: int) -> None:
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def executors(work: Path, skip_ray: bool, factor: int) -> dict[str, float]:
-    # no document cache: every timed run computes every document
-    root, _ = synthetic_project(work, "executors", builtin_texts(), factor, doc_cache=None)
-    for name in ("ingest", "signals", "quality", "filter"):
-        stage(root, name)
+def executors(work: Path, skip_ray: bool, factors: list[int]) -> dict[str, float]:
     out: dict[str, float] = {}
-    reference = None
     runs = [("local1", 1, {}), ("local2", 2, {})]
     ray_address = None
     if not skip_ray:
@@ -94,18 +91,34 @@ def executors(work: Path, skip_ray: bool, factor: int) -> dict[str, float]:
         runs.append(("ray2", 2, {"SLM_EXECUTOR": "ray", "RAY_ADDRESS": ray_address,
                                  "RAY_AUTH_MODE": "token"}))
     try:
-        for label, workers, env in runs:
-            set_workers(root, workers)
-            for name in ("signals", "dedup"):
-                out[f"{name}_{label}_s"] = stage(root, name, **env)[0]
-            got = {k: v for d in ("data/signals", "data/dedup")
-                   for k, v in file_bytes(root / d).items()}
-            reference = reference or got
-            assert got == reference, f"{label}: outputs differ from local1"
+        for factor in factors:
+            # no document cache: every timed run computes every document
+            root, _ = synthetic_project(work, f"executors-{factor}x", builtin_texts(), factor,
+                                        doc_cache=None)
+            for name in ("ingest", "signals", "quality", "filter"):
+                stage(root, name)
+            out[f"docs_{factor}x"] = sum(1 for _ in read_docs(root / "data/ingest"))
+            reference = None
+            for label, workers, env in runs[1:] if factor != factors[0] else runs:
+                set_workers(root, workers)
+                for name in ("signals", "dedup"):
+                    out[f"{name}_{label}_{factor}x_s"] = stage(root, name, **env)[0]
+                got = {k: v for d in ("data/signals", "data/dedup")
+                       for k, v in file_bytes(root / d).items()}
+                reference = reference or got
+                assert got == reference, f"{label}: outputs differ from {runs[0][0]}"
+            shutil.rmtree(root / "data")
     finally:
         if ray_address:
             stop_ray(ray_dir)  # this cluster only, not every Ray process on the machine
     return out
+
+
+def read_docs(folder: Path):
+    import pyarrow.parquet as pq
+
+    for path in sorted(folder.rglob("*.parquet")):
+        yield from range(pq.ParquetFile(path).metadata.num_rows)
 
 
 def builtin_texts() -> list[str]:
@@ -186,22 +199,33 @@ def refresh(work: Path) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--growth", type=int, nargs="*", default=[1, 4, 16])
-    ap.add_argument("--executor-scale", type=int, default=4,
-                    help="executors: copies of the built-in prose (work must outweigh start-up)")
+    ap.add_argument("--executor-scale", type=int, nargs="+", default=[4, 16],
+                    help="executors: copies of the built-in prose; two sizes also split Ray's "
+                         "cost into per document and per stage")
     ap.add_argument("--skip-ray", action="store_true")
     ap.add_argument("--skip-refresh", action="store_true")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        ex = executors(Path(tmp), args.skip_ray, args.executor_scale)
+        ex = executors(Path(tmp), args.skip_ray, sorted(args.executor_scale))
         grown = growth(Path(tmp), args.growth)
         fresh = {} if args.skip_refresh else refresh(Path(tmp))
     for key, value in ex.items():
         print(f"{key}: {value:.2f}")
+    small, big = min(args.executor_scale), max(args.executor_scale)
     for name in ("signals", "dedup"):
-        one, two = ex[f"{name}_local1_s"], ex[f"{name}_local2_s"]
+        one, two = ex[f"{name}_local1_{small}x_s"], ex[f"{name}_local2_{small}x_s"]
         print(f"{name}_scaling_efficiency_2_workers: {one / (2 * two):.2f}")
-        if f"{name}_ray2_s" in ex:
-            print(f"{name}_ray_overhead_vs_local2: {ex[f'{name}_ray2_s'] / two - 1:+.2f}")
+        if f"{name}_ray2_{small}x_s" not in ex:
+            continue
+        print(f"{name}_ray_overhead_vs_local2: {ex[f'{name}_ray2_{small}x_s'] / two - 1:+.2f}")
+        if big > small:  # seconds per extra document, and what is left: the per-stage cost
+            extra = ex[f"docs_{big}x"] - ex[f"docs_{small}x"]
+            rate = {label: (ex[f"{name}_{label}_{big}x_s"] - ex[f"{name}_{label}_{small}x_s"])
+                    / extra for label in ("local2", "ray2")}
+            fixed = {label: ex[f"{name}_{label}_{small}x_s"] - rate[label] * ex[f"docs_{small}x"]
+                     for label in rate}
+            print(f"{name}_ray_per_document_vs_local2: {rate['ray2'] / rate['local2'] - 1:+.2f}")
+            print(f"{name}_ray_fixed_cost_s: {fixed['ray2'] - fixed['local2']:+.2f}")
     if fresh:
         print(f"refresh_scratch_s: {fresh['refresh_scratch_s']:.2f}")
         print(f"refresh_warm_s: {fresh['refresh_warm_s']:.2f}")

@@ -12,19 +12,33 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from orchestration import lock_yaml
 from stages import params as params_mod
 from stages.registry import Stage, producer_of
 
 LOCK_FILE = "dvc.lock"
 
 
-def read_lock(root: Path) -> dict[str, dict[str, Any]]:
-    """Stage name -> its dvc.lock entry (empty when nothing has been recorded)."""
+_parsed: dict[Path, tuple[bytes, dict[str, Any]]] = {}
+
+
+def read_lock_file(root: Path) -> dict[str, Any]:
+    """The whole dvc.lock (`{}` when there is none), parsed once per content of the file in this
+    process (reading it is ~1% of parsing it). Shared: treat it as read-only."""
     path = root / LOCK_FILE
-    if not path.exists():
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
         return {}
-    data = params_mod.load_yaml(path.read_text()) or {}
-    return data.get("stages", {})
+    cached = _parsed.get(path)
+    if cached is None or cached[0] != text:
+        cached = _parsed[path] = (text, lock_yaml.loads(text.decode("utf-8")) or {})
+    return cached[1]
+
+
+def read_lock(root: Path) -> dict[str, dict[str, Any]]:
+    """Stage name -> its dvc.lock entry (empty when nothing has been recorded); read-only."""
+    return read_lock_file(root).get("stages", {})
 
 
 def file_md5(path: Path) -> str:

@@ -7,6 +7,7 @@ knobs that no stage declares, so changing them never makes a stage stale.
 
 from __future__ import annotations
 
+import copy
 import importlib
 from pathlib import Path
 from typing import Any, Literal
@@ -103,17 +104,26 @@ def load_yaml(text: str) -> Any:
     return YAML(typ="safe").load(text)
 
 
+_parsed: dict[Path, tuple[bytes, dict[str, Any]]] = {}
+
+
 def read_params(root: Path) -> dict[str, Any]:
+    """params.yaml as a dict (a fresh copy; parsed once per content of the file per process: the
+    orchestrator fingerprints every asset of a run against it)."""
     path = root / PARAMS_FILE
     if not path.exists():
         raise ParamsError(f"{path}: not found; every project needs a params.yaml at its root")
-    try:
-        data = load_yaml(path.read_text()) or {}
-    except YAMLError as exc:
-        raise ParamsError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ParamsError(f"{path}: top level must be a mapping of sections")
-    return data
+    text = path.read_bytes()
+    cached = _parsed.get(path)
+    if cached is None or cached[0] != text:
+        try:
+            data = load_yaml(text.decode("utf-8")) or {}
+        except YAMLError as exc:
+            raise ParamsError(f"{path}: not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ParamsError(f"{path}: top level must be a mapping of sections")
+        cached = _parsed[path] = (text, data)
+    return copy.deepcopy(cached[1])
 
 
 def section_model(section: str) -> type[StrictModel]:
