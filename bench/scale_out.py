@@ -12,11 +12,13 @@
    characters, so every size spills): peak memory of the
    largest process (ru_maxrss of the stage's process tree) and seconds per document (goal:
    memory flat within 20%, time linear).
-3. Refresh: the built-in prose as 100 local files; `ingest` + `signals` from scratch (no caches)
-   against a refresh after one more file (1% new documents) with the ingest and document caches
-   warm (goal: <= 10% of the from-scratch time). Outputs are checked identical.
+3. Refresh: 16 variants of the built-in prose (`--refresh-scale`) as 100 local files; `ingest` +
+   `signals` from scratch (no caches) against a refresh after one more file (1% new documents)
+   with the ingest and document caches warm (goal: <= 10% of the from-scratch time). Outputs are
+   checked identical.
 
-    python bench/scale_out.py [--growth 1 4 16] [--skip-ray] [--skip-refresh]
+    python bench/scale_out.py [--growth 1 4 16] [--executor-scale 4 16] [--skip-ray]
+                              [--skip-refresh] [--refresh-scale 16]
 """
 
 from __future__ import annotations
@@ -167,8 +169,10 @@ def growth(work: Path, factors: list[int]) -> dict[int, dict]:
     return out
 
 
-def refresh(work: Path) -> dict[str, float]:
-    texts = builtin_texts()
+def refresh(work: Path, factor: int) -> dict[str, float]:
+    texts = [" ".join(f"v{c}" if i == c % max(1, t.count(" ") + 1) else w
+                      for i, w in enumerate(t.split(" ")))
+             for c in range(factor) for t in builtin_texts()]  # `factor` variants of each text
     corpus = work / "refresh-corpus"
     corpus.mkdir()
     per_file = len(texts) // 100
@@ -204,11 +208,13 @@ def main() -> None:
                          "cost into per document and per stage")
     ap.add_argument("--skip-ray", action="store_true")
     ap.add_argument("--skip-refresh", action="store_true")
+    ap.add_argument("--refresh-scale", type=int, default=16,
+                    help="refresh: copies of the built-in prose (at 1x, start-up decides)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         ex = executors(Path(tmp), args.skip_ray, sorted(args.executor_scale))
         grown = growth(Path(tmp), args.growth)
-        fresh = {} if args.skip_refresh else refresh(Path(tmp))
+        fresh = {} if args.skip_refresh else refresh(Path(tmp), args.refresh_scale)
     for key, value in ex.items():
         print(f"{key}: {value:.2f}")
     small, big = min(args.executor_scale), max(args.executor_scale)

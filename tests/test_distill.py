@@ -29,6 +29,7 @@ from stages.teacher_logits.cache import open_cache
 from stages.train.batches import Split, inputs_targets
 from tests import stage_process
 from tests.conftest import TINY, copy_tree, set_params
+from tests.curation_helpers import file_bytes
 from tests.gguf_checks import assert_same_logits
 
 pytestmark = pytest.mark.slow
@@ -66,6 +67,19 @@ def test_topk_cache_round_trips_and_holds_the_teachers_log_probs(distilled):
         top, top_i = teacher(x).logits.log_softmax(-1).topk(k, -1)
     assert (top_i.numpy() == idx[:2]).mean() > 0.99  # ties within float rounding may swap
     np.testing.assert_allclose(logp[:2].astype(np.float32), top.numpy(), rtol=2e-3, atol=2e-3)
+
+
+def test_teacher_logits_do_not_depend_on_the_worker_count(distilled, tmp_path: Path):
+    """Three chunks of teacher batches on 1 and on 2 local worker processes: the same bytes."""
+    root, _, _ = distilled
+    outputs = {}
+    for workers in (1, 2):
+        project = copy_tree(root, tmp_path / f"workers-{workers}")
+        set_params(project, runtime={"workers": workers}, teacher_logits={"tokens": 96 * 128})
+        metrics = run_stage("teacher_logits", project)
+        assert metrics["sequences"] == 96
+        outputs[workers] = file_bytes(project / CACHE), metrics
+    assert outputs[1] == outputs[2]
 
 
 def test_students_are_llama_checkpoints_that_learned(distilled):

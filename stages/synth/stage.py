@@ -129,7 +129,7 @@ def _request(job: jobs.Job, params: Params, model: str, seed: int) -> Request:
     return Request(key=key, prompt=job.prompt, seed=rseed, job=job.spec)
 
 
-def generate(requests: list[Request], params: Params, model: str, cache: GenerationCache,
+def generate(requests: list[Request], params: Params, cache: GenerationCache,
              ctx) -> tuple[dict[str, dict], dict[str, BackendError], Counter, int]:
     """Every request's record, from the cache or the backend, which is loaded only if some
     request is missing and asked only for those (each result is cached as it arrives).
@@ -148,9 +148,6 @@ def generate(requests: list[Request], params: Params, model: str, cache: Generat
     if not misses:
         return records, failures, Counter(), 0
     backend = make_backend(params, ctx.root)
-    if model != model:
-        raise RuntimeError(f"synth: {params.backend} model changed while the stage ran "
-                           f"({model} -> {model}); run it again")
 
     def results():
         for start in range(0, len(misses), CHUNK):
@@ -205,7 +202,7 @@ def run(params: Params, ctx) -> dict:
     work, skipped = build_jobs(params, ctx, cache)
     sandbox_runs = cache.misses  # code-trace sandbox runs (memo misses) so far
     requests = [_request(j, params, model, ctx.base.seed) for j in work]
-    records, failures, retries, calls = generate(requests, params, model, cache, ctx)
+    records, failures, retries, calls = generate(requests, params, cache, ctx)
     cache.flush()  # also shares what this run found only in the local cache
     failed = len(failures)
     if work and failed / len(work) > params.max_failed_fraction:

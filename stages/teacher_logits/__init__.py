@@ -2,7 +2,9 @@
 
 A fixed set of training sequences (the first ceil(`tokens` / seq_len) of a seeded permutation of
 `data/tokenize/train`, whatever the student will be) is run through the teacher (`data/adapt`,
-eval mode, fp32); at every input position the k largest next-token log-probabilities (full-vocab
+eval mode, fp32, in batches of 8; chunks of 4 batches are the tasks on the stage's executor:
+local processes or Ray, one thread each, so the bytes do not depend on the worker count); at
+every input position the k largest next-token log-probabilities (full-vocab
 log-softmax, sorted descending) and their token ids are kept. `distill` trains on exactly these
 sequences, so a student hyperparameter never re-runs the teacher.
 
@@ -19,8 +21,11 @@ and an xxh3 of the selected token rows, which `distill` checks (`cache.py` reads
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -34,6 +39,7 @@ TEACHER = "data/adapt"
 TOKENS = "data/tokenize"
 OUT = "data/teacher_logits"
 BATCH = 8  # sequences per teacher forward: a constant, since another batch could round otherwise
+CHUNK_BATCHES = 4  # teacher batches per executor task
 SALT = 0x7EAC4E12  # the selection's own stream of base.seed (not pretrain's epoch permutations)
 
 
@@ -50,18 +56,66 @@ def select(n_sequences: int, seq_len: int, tokens: int, seed: int) -> np.ndarray
     return np.sort(np.random.default_rng([seed, SALT]).permutation(n_sequences)[:count])
 
 
-def run(params: Params, ctx: StageContext) -> dict:
+@dataclass(frozen=True)
+class _Chunk:
+    """Consecutive teacher batches: one task on the stage's executor."""
+
+    teacher: str
+    tokens: str
+    rows: np.ndarray
+    k: int
+    logp_dtype: str
+    idx_dtype: str
+
+
+@functools.lru_cache(maxsize=1)
+def _teacher(path: str):
+    from stages.model import load_training_model
+
+    return load_training_model(Path(path)).eval()
+
+
+def _score(chunk: _Chunk) -> list[tuple[np.ndarray, np.ndarray, float, float, int]]:
+    """Per batch of the chunk: (top-k log-probs, their ids, gold NLL sum, top-k mass sum, scored
+    positions). One thread per task, so the floats are the same whatever the worker count."""
     import torch
 
-    from stages.model import load_training_model
-    from stages.train.batches import IGNORE, Split, inputs_targets
+    from stages.train.batches import Split, inputs_targets
+
+    model = _teacher(chunk.teacher)  # loaded once per worker process
+    train = Split.open(Path(chunk.tokens) / "train")
+    pad = int(train.index["pad_id"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            out = [_score_batch(model, *inputs_targets(train, chunk.rows[s:s + BATCH], pad), chunk)
+                   for s in range(0, len(chunk.rows), BATCH)]
+    finally:
+        torch.set_num_threads(threads)  # a chunk scored in the stage's own process
+    return out
+
+
+def _score_batch(model, x, y, chunk: _Chunk) -> tuple[np.ndarray, np.ndarray, float, float, int]:
+    from stages.train.batches import IGNORE
+
+    logp = model(x).logits.float().log_softmax(-1)
+    top, top_i = logp.topk(chunk.k, dim=-1)
+    valid = y != IGNORE
+    gold = logp.gather(-1, y.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    return (top.numpy().astype(chunk.logp_dtype), top_i.numpy().astype(chunk.idx_dtype),
+            -gold[valid].double().sum().item(), top.exp().sum(-1)[valid].double().sum().item(),
+            int(valid.sum()))
+
+
+def run(params: Params, ctx: StageContext) -> dict:
+    from stages.train.batches import Split
 
     teacher_dir, tok = ctx.dep(TEACHER), ctx.dep(TOKENS)
     vocab = json.loads((tok / "manifest.json").read_text())["vocab_size"]
     train = Split.open(tok / "train")
-    pad, positions = int(train.index["pad_id"]), train.seq_len - 1
-    torch.set_num_threads(ctx.workers)
-    model = load_training_model(teacher_dir).eval()
+    positions = train.seq_len - 1
+    model = _teacher(str(teacher_dir))
     if model.config.vocab_size != vocab:
         raise ValueError(f"{TEACHER} has vocab {model.config.vocab_size}, {TOKENS} {vocab}: the "
                          "teacher must use the pipeline's tokenizer")
@@ -76,22 +130,19 @@ def run(params: Params, ctx: StageContext) -> dict:
     idx_mm = np.lib.format.open_memmap(out / "idx.npy", "w+", idx_dtype, shape)
     np.save(out / "seq_ids.npy", seq_ids.astype(np.int64))
 
+    step = BATCH * CHUNK_BATCHES
+    chunks = [_Chunk(str(teacher_dir), str(tok), seq_ids[i:i + step], k, params.dtype,
+                     np.dtype(idx_dtype).name) for i in range(0, n, step)]
     nll = mass = 0.0
-    scored = 0
-    batches = range(0, n, BATCH)
-    with torch.no_grad():
-        for start in ctx.progress(batches, len(batches), "teacher top-k"):
-            rows = seq_ids[start:start + BATCH]
-            x, y = inputs_targets(train, rows, pad)
-            logp = model(x).logits.float().log_softmax(-1)
-            top, top_i = logp.topk(k, dim=-1)
-            valid = y != IGNORE
-            gold = logp.gather(-1, y.clamp_min(0).unsqueeze(-1)).squeeze(-1)
-            nll -= gold[valid].double().sum().item()
-            mass += top.exp().sum(-1)[valid].double().sum().item()
-            scored += int(valid.sum())
-            logp_mm[start:start + len(rows)] = top.numpy().astype(params.dtype)
-            idx_mm[start:start + len(rows)] = top_i.numpy().astype(idx_dtype)
+    scored = row = 0
+    with ctx.executor() as pool:
+        results = pool.map(_score, chunks)
+        for batches in ctx.progress(results, len(chunks), "teacher top-k"):
+            for top, top_i, nll_b, mass_b, scored_b in batches:  # in order: the same sums
+                logp_mm[row:row + len(top)] = top
+                idx_mm[row:row + len(top)] = top_i
+                nll, mass, scored = nll + nll_b, mass + mass_b, scored + scored_b
+                row += len(top)
     logp_mm.flush()
     idx_mm.flush()
     del logp_mm, idx_mm
