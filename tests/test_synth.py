@@ -236,23 +236,28 @@ def tiny_generator(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("generator") / "tiny")
 
 
-@pytest.mark.parametrize("backend", ["hf", "gguf"])
-def test_model_backend_runs_the_stage_from_models_generator(curated: Path, tiny_generator: Path,
-                                                            tmp_path: Path, backend: str):
+def _model_project(curated: Path, generator: Path, dest: Path, backend: str, **synth) -> Path:
     from stages import llama_cpp
 
-    root = _copy(curated, tmp_path / "project")
+    root = _copy(curated, dest)
     if backend == "hf":
         model = "models/generator/tiny"
-        shutil.copytree(tiny_generator, root / model)
+        shutil.copytree(generator, root / model)
     else:
         model = "models/generator/tiny.gguf"
-        llama_cpp.convert(tiny_generator, root / model, "f32")
+        llama_cpp.convert(generator, root / model, "f32")
     set_params(root, synth={
         "backend": backend, "model": model, "sampling": {"max_new_tokens": 8},
         "problems": {"arithmetic": 3, "word_problem": 0, "unit_conversion": 0, "list_puzzle": 0,
                      "code_trace": 0},
-        "seeds": {"per_domain": {"prose": 2, "code": 1}, "max_chars": 200}})
+        "seeds": {"per_domain": {"prose": 2, "code": 1}, "max_chars": 200}, **synth})
+    return root
+
+
+@pytest.mark.parametrize("backend", ["hf", "gguf"])
+def test_model_backend_runs_the_stage_from_models_generator(curated: Path, tiny_generator: Path,
+                                                            tmp_path: Path, backend: str):
+    root = _model_project(curated, tiny_generator, tmp_path / "project", backend)
     m = _run(root, "synth")
     assert m["backend"] == backend and m["model"].startswith(f"{backend}:")
     assert m["backend_calls"] == m["jobs"] == m["generated"] > 3  # problems and documents
@@ -262,3 +267,13 @@ def test_model_backend_runs_the_stage_from_models_generator(curated: Path, tiny_
     before = _outputs(root)
     assert _run(root, "synth")["backend_calls"] == 0
     assert _outputs(root) == before
+
+    # chunks of two requests on 1 and on 2 local worker processes: the same generations
+    outputs = {}
+    for workers in (1, 2):
+        copy = _model_project(curated, tiny_generator, tmp_path / f"workers-{workers}", backend,
+                              client={"chunk": 2})
+        set_params(copy, runtime={"workers": workers})
+        assert _run(copy, "synth")["backend_calls"] == m["jobs"]
+        outputs[workers] = _outputs(copy)
+    assert outputs[1] == outputs[2]

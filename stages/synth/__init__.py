@@ -38,7 +38,6 @@ REPORT = "data/synth/report.json"
 PROBLEMS = "data/synth/problems.jsonl"
 # Columns every synthetic row carries besides the curated corpus's own.
 PROVENANCE = ("origin", "backend", "model", "template", "seed_doc_id")
-CHUNK = 64  # requests handed to a backend at a time (the cache is written as results arrive)
 
 PROBLEM_PROMPT = (
     "Solve the following problem step by step. Explain each step in a sentence, then give the "
@@ -132,7 +131,10 @@ class Client(StrictModel):
     attempts: int = Field(4, ge=1, description="tries per request (retries with backoff)")
     backoff_s: float = Field(0.5, ge=0)
     batch_size: int = Field(8, ge=1, description="hf prompts per batch")
-    threads: int = Field(0, ge=0, description="hf/gguf CPU threads; 0 = all cores")
+    threads: int = Field(0, ge=0, description="hf/gguf CPU threads per worker; 0 = all cores "
+                         "(with runtime.workers > 1, cores / workers)")
+    chunk: int = Field(64, ge=1, description="requests per task on the stage's executor (hf, "
+                       "gguf; each worker loads the model once) and per cache write")
 
 
 class Params(StrictModel):

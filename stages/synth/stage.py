@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,6 @@ import pyarrow.parquet as pq
 from stages.dedup import heldout_ngrams
 from stages.ingest.shards import SCHEMA
 from stages.synth import (
-    CHUNK,
     CORPUS,
     GENERATED,
     HELDOUT,
@@ -30,7 +31,14 @@ from stages.synth import (
     problems,
     qc,
 )
-from stages.synth.backends import BackendError, Request, Retry, Sampling, content_hash
+from stages.synth.backends import (
+    BackendError,
+    Generation,
+    Request,
+    Retry,
+    Sampling,
+    content_hash,
+)
 from stages.synth.cache import GenerationCache, make_key
 from stages.textstats.shards import ShardWriter, list_shards, write_manifest
 
@@ -129,11 +137,61 @@ def _request(job: jobs.Job, params: Params, model: str, seed: int) -> Request:
     return Request(key=key, prompt=job.prompt, seed=rseed, job=job.spec)
 
 
+LOCAL_MODELS = ("hf", "gguf")  # generation on the stage's executor (http keeps its own threads)
+
+
+@functools.lru_cache(maxsize=1)
+def _worker_backend(params_json: str, root: str):
+    """The backend of a worker process, loaded once for all the chunks it is given."""
+    return make_backend(Params.model_validate_json(params_json), Path(root))
+
+
+def _generate_chunk(task: tuple[str, str, list[Request]]
+                    ) -> tuple[list[tuple[Request, Generation | BackendError]], Counter]:
+    """One executor task: a chunk of requests through the worker's backend, and its retries."""
+    params_json, root, requests = task
+    backend = _worker_backend(params_json, root)
+    before = Counter(backend.retries)
+    return list(backend.generate(requests)), backend.retries - before
+
+
+def _results(misses: list[Request], params: Params, ctx, retries: Counter,
+             chunk_done: Callable[[], None]) -> Iterator[tuple[Request, Generation | BackendError]]:
+    """(request, result) for every miss as it arrives; `chunk_done()` after each chunk. Local
+    models run on the stage's executor, a chunk per task (each worker loads the model once; a
+    request's output depends on its own seed only, the hf backend's batches on its chunk only,
+    so any worker count gives the same results); other backends in this process."""
+    size = params.client.chunk
+    chunks = [misses[start:start + size] for start in range(0, len(misses), size)]
+    if params.backend not in LOCAL_MODELS:
+        backend = make_backend(params, ctx.root)
+        try:
+            for chunk in chunks:
+                yield from backend.generate(chunk)
+                chunk_done()
+        finally:
+            backend.close()
+            retries.update(backend.retries)
+        return
+    tasks = [(params.model_dump_json(), str(ctx.root), chunk) for chunk in chunks]
+    try:
+        with ctx.executor() as pool:
+            for pairs, tried in pool.map(_generate_chunk, tasks):
+                retries.update(tried)
+                yield from pairs
+                chunk_done()
+    finally:
+        if _worker_backend.cache_info().currsize:  # chunks generated in this process
+            _worker_backend(*tasks[0][:2]).close()
+            _worker_backend.cache_clear()
+
+
 def generate(requests: list[Request], params: Params, cache: GenerationCache,
              ctx) -> tuple[dict[str, dict], dict[str, BackendError], Counter, int]:
     """Every request's record, from the cache or the backend, which is loaded only if some
-    request is missing and asked only for those (each result is cached as it arrives).
-    Returns (records, failures, retries per reason, backend calls)."""
+    request is missing and asked only for those (each result is cached as it arrives, the
+    remote cache updated after each chunk). Returns (records, failures, retries per reason,
+    backend calls)."""
     records: dict[str, dict] = {}
     misses: list[Request] = []
     for r in requests:
@@ -145,17 +203,12 @@ def generate(requests: list[Request], params: Params, cache: GenerationCache,
     ctx.log.info("synth: %d of %d generations cached, %d to generate with %s", len(records),
                  len(requests), len(misses), params.backend)
     failures: dict[str, BackendError] = {}
+    retries: Counter = Counter()
     if not misses:
-        return records, failures, Counter(), 0
-    backend = make_backend(params, ctx.root)
-
-    def results():
-        for start in range(0, len(misses), CHUNK):
-            yield from backend.generate(misses[start:start + CHUNK])
-            cache.flush()
-
+        return records, failures, retries, 0
+    results = _results(misses, params, ctx, retries, cache.flush)
     try:
-        for request, result in ctx.progress(results(), len(misses), "synth generate"):
+        for request, result in ctx.progress(results, len(misses), "synth generate"):
             if isinstance(result, BackendError):
                 failures[request.key] = result
                 continue
@@ -165,9 +218,9 @@ def generate(requests: list[Request], params: Params, cache: GenerationCache,
             cache.put(request.key, record)
             records[request.key] = record
     finally:
-        backend.close()
+        results.close()  # the backend, or the workers, released before the final upload
         cache.flush()
-    return records, failures, backend.retries, len(misses)
+    return records, failures, retries, len(misses)
 
 
 def document_text(job: jobs.Job, text: str, model_backend: bool) -> str:
