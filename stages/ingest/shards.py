@@ -57,7 +57,7 @@ class Entries:
     as two big-endian 64-bit halves (so (hi, lo) order is doc-id order), source and domain
     codes, length, whether it was truncated."""
 
-    CHUNK = 65_536
+    CHUNK = 4_096  # rows held as Python tuples (~0.2 KB each) before they become numpy rows
 
     def __init__(self) -> None:
         self.sources: list[str] = []
