@@ -6,7 +6,8 @@
    before the timed runs: its start-up is reported apart). Scaling efficiency = t(1) / (2 t(2));
    Ray's overhead = t(Ray, 2) / t(local, 2) - 1 (goal: within 15%). Outputs are checked identical.
    The same at 16 copies (2 local workers and Ray) splits each executor's time into seconds per
-   document (the slope between the sizes) and a per-stage fixed cost.
+   document (the slope between the sizes) and a per-stage fixed cost. Each timing is the median
+   of `--repeats` runs, interleaved (single runs of the same stage here vary by up to 40%).
 2. Growth: `ingest` + `signals` (2 local workers) on a synthetic corpus of 1x, 4x and 16x the
    built-in prose (copies with a word changed per copy, as local files; ingest spill runs of 2 M
    characters, so every size spills): peak memory of the
@@ -17,7 +18,7 @@
    with the ingest and document caches warm (goal: <= 10% of the from-scratch time). Outputs are
    checked identical.
 
-    python bench/scale_out.py [--growth 1 4 16] [--executor-scale 4 16] [--skip-ray]
+    python bench/scale_out.py [--growth 1 4 16] [--executor-scale 4 16] [--repeats 3] [--skip-ray]
                               [--skip-refresh] [--refresh-scale 16]
 """
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -77,7 +79,7 @@ def set_workers(root: Path, workers: int) -> None:
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def executors(work: Path, skip_ray: bool, factors: list[int]) -> dict[str, float]:
+def executors(work: Path, skip_ray: bool, factors: list[int], repeats: int) -> dict[str, float]:
     out: dict[str, float] = {}
     runs = [("local1", 1, {}), ("local2", 2, {})]
     ray_address = None
@@ -100,15 +102,18 @@ def executors(work: Path, skip_ray: bool, factors: list[int]) -> dict[str, float
             for name in ("ingest", "signals", "quality", "filter"):
                 stage(root, name)
             out[f"docs_{factor}x"] = sum(1 for _ in read_docs(root / "data/ingest"))
-            reference = None
-            for label, workers, env in runs[1:] if factor != factors[0] else runs:
-                set_workers(root, workers)
-                for name in ("signals", "dedup"):
-                    out[f"{name}_{label}_{factor}x_s"] = stage(root, name, **env)[0]
-                got = {k: v for d in ("data/signals", "data/dedup")
-                       for k, v in file_bytes(root / d).items()}
-                reference = reference or got
-                assert got == reference, f"{label}: outputs differ from {runs[0][0]}"
+            reference, times = None, {}
+            for _ in range(repeats):  # interleaved: the machine's drift hits every executor
+                for label, workers, env in runs[1:] if factor != factors[0] else runs:
+                    set_workers(root, workers)
+                    for name in ("signals", "dedup"):
+                        key = f"{name}_{label}_{factor}x_s"
+                        times.setdefault(key, []).append(stage(root, name, **env)[0])
+                    got = {k: v for d in ("data/signals", "data/dedup")
+                           for k, v in file_bytes(root / d).items()}
+                    reference = reference or got
+                    assert got == reference, f"{label}: outputs differ from {runs[0][0]}"
+            out |= {key: statistics.median(ts) for key, ts in times.items()}
             shutil.rmtree(root / "data")
     finally:
         if ray_address:
@@ -208,13 +213,15 @@ def main() -> None:
     ap.add_argument("--executor-scale", type=int, nargs="+", default=[4, 16],
                     help="executors: copies of the built-in prose; two sizes also split Ray's "
                          "cost into per document and per stage")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="executors: timed runs of each, interleaved; medians reported")
     ap.add_argument("--skip-ray", action="store_true")
     ap.add_argument("--skip-refresh", action="store_true")
     ap.add_argument("--refresh-scale", type=int, default=16,
                     help="refresh: copies of the built-in prose (at 1x, start-up decides)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        ex = executors(Path(tmp), args.skip_ray, sorted(args.executor_scale))
+        ex = executors(Path(tmp), args.skip_ray, sorted(args.executor_scale), args.repeats)
         grown = growth(Path(tmp), args.growth)
         fresh = {} if args.skip_refresh else refresh(Path(tmp), args.refresh_scale)
     for key, value in ex.items():
