@@ -215,19 +215,21 @@ def main() -> None:
                          "cost into per document and per stage")
     ap.add_argument("--repeats", type=int, default=3,
                     help="executors: timed runs of each, interleaved; medians reported")
+    ap.add_argument("--skip-executors", action="store_true")
     ap.add_argument("--skip-ray", action="store_true")
     ap.add_argument("--skip-refresh", action="store_true")
     ap.add_argument("--refresh-scale", type=int, default=16,
                     help="refresh: copies of the built-in prose (at 1x, start-up decides)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        ex = executors(Path(tmp), args.skip_ray, sorted(args.executor_scale), args.repeats)
+        ex = {} if args.skip_executors else executors(Path(tmp), args.skip_ray,
+                                                      sorted(args.executor_scale), args.repeats)
         grown = growth(Path(tmp), args.growth)
         fresh = {} if args.skip_refresh else refresh(Path(tmp), args.refresh_scale)
     for key, value in ex.items():
         print(f"{key}: {value:.2f}")
     small, big = min(args.executor_scale), max(args.executor_scale)
-    for name in ("signals", "dedup"):
+    for name in ("signals", "dedup") if ex else ():
         one, two = ex[f"{name}_local1_{small}x_s"], ex[f"{name}_local2_{small}x_s"]
         print(f"{name}_scaling_efficiency_2_workers: {one / (2 * two):.2f}")
         if f"{name}_ray2_{small}x_s" not in ex:

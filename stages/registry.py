@@ -92,7 +92,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         name="ingest",
         description="Raw corpus from the declared sources, sharded, with a held-out slice.",
-        code=("stages/ingest",),
+        code=("stages/ingest", "stages/textstats/shard_cache.py"),
         params=("base.seed", "ingest"),
         out="data/ingest",
         metrics=("reports/ingest/metrics.json",),

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from stages import registry
+from stages.ingest.shards import bucket_of
 from stages.params import ParamsError, validate
 from stages.runner import run_stage
 
@@ -116,18 +117,27 @@ def test_local_formats_schema_and_manifest(tmp_path):
         ("tbl", "code", "x.parquet", "def f(): pass")
     }
     assert t["n_chars"].to_pylist() == [len(x) for x in t["text"].to_pylist()]
-    assert t["doc_id"].to_pylist() == sorted(t["doc_id"].to_pylist())
+    # one bucket per (source, path), its shards named by it, doc ids sorted within each
+    names = {f"part-{bucket_of(s, p, 16):05d}-000.parquet"
+             for s, p in columns(t, "source", "path")}
+    man = manifest(root)
+    assert [e["file"] for e in man["shards"]] == sorted(names)
+    for e in man["shards"]:
+        ids = pq.read_table(root / "data/ingest/corpus" / e["file"])["doc_id"].to_pylist()
+        assert ids == sorted(ids) and e["docs"] == len(ids)
     jsonl_ids = {i for i, p in columns(t, "doc_id", "path") if p == "d.jsonl"}
     assert jsonl_ids == {
         hashlib.blake2b(f"docs\nd.jsonl\n{i}".encode(), digest_size=16).hexdigest() for i in (0, 1)
     }
     assert m["read"] == m["kept"] == len(expected) + 1 and not any(m["skipped"].values())
-    assert m["corpus"] == {"docs": 9, "chars": sum(t["n_chars"].to_pylist()), "shards": 1}
+    assert m["corpus"] == {"docs": 9, "chars": sum(t["n_chars"].to_pylist()),
+                           "shards": len(names)}
     assert table(root, "heldout").num_rows == 0 and m["heldout"]["shards"] == 1
-    man = manifest(root)
-    assert man["split"] == "corpus" and man["docs"] == 9 and man["sorted_by"] == "doc_id"
+    assert manifest(root, "heldout")["shards"] == [
+        {"file": "part-00000-000.parquet", "docs": 0, "chars": 0}]  # an empty split: one shard
+    assert man["split"] == "corpus" and man["docs"] == 9 and man["sorted_by"] == "bucket, doc_id"
     assert man["schema"] == {k: str(v) for k, v in COLUMNS.items()}
-    assert man["shards"] == [{"file": "part-00000.parquet", "docs": 9, "chars": man["chars"]}]
+    assert sum(e["chars"] for e in man["shards"]) == man["chars"]
     assert {k: v["docs"] for k, v in man["sources"].items()} == {"docs": 8, "tbl": 1}
     assert {k: v["docs"] for k, v in man["domains"].items()} == {"prose": 8, "code": 1}
     assert json.loads((root / "reports/ingest/metrics.json").read_text()) == m
@@ -185,14 +195,18 @@ def test_streams_through_spill_runs_with_identical_output(tmp_path, monkeypatch)
     assert not (tmp_path / "many/data/ingest/.spill").exists()
 
 
-def test_refresh_rereads_only_new_or_changed_files(tmp_path, capsys):
+@pytest.mark.parametrize("buckets", [16, 2])
+def test_refresh_rereads_only_new_or_changed_files(tmp_path, capsys, buckets):
     """The second run reads the one new and the one changed file, the rest come from the ingest
-    cache, and the outputs are those of a from-scratch run over the same files."""
+    cache; only their buckets are written again (with 2 buckets, unchanged files share them and
+    their text comes from the ingest cache), and the outputs are those of a from-scratch run
+    over the same files."""
     docs = tmp_path / "in"
     docs.mkdir()
     for i in range(8):
         (docs / f"doc{i}.md").write_text(f"Document {i}: " + "text " * (i + 5))
-    ingest = {"sources": [local("notes", str(docs))], "heldout_fraction": 0.25}
+    ingest = {"sources": [local("notes", str(docs))], "heldout_fraction": 0.25,
+              "buckets": buckets}
     run_ingest(tmp_path / "root", ingest)
     log = capsys.readouterr().err  # the stage logs to stderr
     assert "source notes: 8 objects read, 0 unchanged ones from the ingest cache" in log
@@ -203,6 +217,11 @@ def test_refresh_rereads_only_new_or_changed_files(tmp_path, capsys):
     run_ingest(tmp_path / "root", ingest)
     log = capsys.readouterr().err
     assert "source notes: 2 objects read, 7 unchanged ones from the ingest cache" in log
+    # only the buckets of the new and the changed file are written again, the rest copied
+    touched = {bucket_of("notes", f, buckets) for f in ("new.md", "doc3.md")}
+    every = {bucket_of("notes", f, buckets) for f in [f"doc{i}.md" for i in range(8)] + ["new.md"]}
+    assert (f"ingest: {len(touched)} of {len(every)} buckets rebuilt, "
+            f"{len(every - touched)} copied from the shard cache") in log
     manifest_of = json.loads((tmp_path / "root/.cache/ingest/notes.json").read_text())
     assert sorted(manifest_of) == sorted([f"doc{i}.md" for i in range(8)] + ["new.md"])
     assert manifest_of["new.md"]["sha256"] == hashlib.sha256(

@@ -6,6 +6,7 @@ import json
 from collections import Counter
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from py3langid.langid import MODEL_FILE, LanguageIdentifier
@@ -14,6 +15,7 @@ from stages.params import ParamsError
 from stages.signals import Params, compute, language, profanity, toxicity
 from stages.textstats import TOKEN_RE
 from tests.curation_helpers import (
+    SCHEMA,
     code_chunks,
     docstrings,
     file_bytes,
@@ -231,6 +233,22 @@ def test_refresh_computes_only_new_or_changed_texts(tmp_path, monkeypatch):
     root = make_root(tmp_path / "refresh", after)  # the corpus, refreshed (cache kept)
     run(root, "signals")
     assert sorted(computed) == sorted([texts[50] + " Changed.", *texts[100:], texts[101]])
+    assert file_bytes(root / "data/signals") == file_bytes(clean / "data/signals")
+    assert (root / "reports/signals/metrics.json").read_bytes() == (
+        clean / "reports/signals/metrics.json").read_bytes()
+
+    # a new shard arrives: the unchanged one is copied from the shard cache, not even read
+    extra = pa.Table.from_pylist([row(t, f"x{i}") for i, t in enumerate(docstrings(10)[120:130])],
+                                 schema=SCHEMA)
+    for project in (root, clean):
+        pq.write_table(extra, project / "data/ingest/corpus/part-00001.parquet", compression="zstd")
+    run(clean, "signals")
+    read = []
+    real_unit = stages.signals._unit
+    monkeypatch.setattr(stages.signals, "_unit",
+                        lambda unit, **kw: read.append(unit.path.name) or real_unit(unit, **kw))
+    run(root, "signals")
+    assert read == ["part-00001.parquet"]
     assert file_bytes(root / "data/signals") == file_bytes(clean / "data/signals")
     assert (root / "reports/signals/metrics.json").read_bytes() == (
         clean / "reports/signals/metrics.json").read_bytes()

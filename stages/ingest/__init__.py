@@ -4,12 +4,22 @@ Every source is resolved (checked to exist, listed) before anything is read or w
 record read is either kept (maybe truncated at `max_doc_chars`) or counted under a skip reason,
 so `read == kept + sum(skipped)` per source. The held-out slice is chosen per domain by a seeded
 hash of the doc id, before any filtering; `data/ingest/heldout` holds it and
-`data/ingest/corpus` the rest, both with the schema and manifest of `shards.ShardedOutput`.
+`data/ingest/corpus` the rest, both with the schema, bucketed layout and manifest of
+`shards.ShardedOutput`.
+
+A refresh does only what changed: objects unchanged since the ingest cache saw them are not read
+(their documents' ids and lengths come from the cache), and a bucket whose documents and objects
+are those of a bucket written before is copied from the shard cache (`<ingest_cache>/.shards`),
+not rebuilt; the outputs are those of a from-scratch run either way.
 """
 
 from __future__ import annotations
 
+import hashlib
+import heapq
+import json
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -30,7 +40,10 @@ class Params(StrictModel):
     heldout_fraction: float = Field(0.02, ge=0, lt=1, description="per domain, by doc-id hash")
     heldout_min_per_domain: int = Field(0, ge=0, description="at most half of a domain's docs")
     max_doc_chars: int = Field(200_000, ge=1, description="longer documents are truncated")
-    shard_docs: int = Field(10_000, ge=1, description="documents per Parquet file")
+    buckets: int = Field(16, ge=1, description="source objects are hashed by (source, path) "
+                         "into this many buckets, each written as its own shards: a refresh "
+                         "rewrites only the buckets of new or changed objects")
+    shard_docs: int = Field(10_000, ge=1, description="documents per Parquet file, at most")
     row_group_docs: int = Field(1_000, ge=1, description="documents per Parquet row group")
 
     @model_validator(mode="after")
@@ -46,18 +59,19 @@ def run(params: Params, ctx: StageContext) -> dict:
     import shutil
 
     from stages.ingest import shards
+    from stages.textstats.shard_cache import ShardCache
 
     cache_dir = ctx.root / ctx.runtime.ingest_cache if ctx.runtime.ingest_cache else None
     caches = {src.name: ReadCache(cache_dir, src.name, src.model_dump(
         mode="json", exclude={"max_docs", "max_chars"})) for src in params.sources}
-    # every source checked before any is read
-    plans = [(src, resolve(src, ctx, caches[src.name])) for src in params.sources]
+    plans = [(src, resolve(src, ctx)) for src in params.sources]  # all checked before any read
     scratch = ctx.out("data/ingest/.spill")  # in the output's temp dir: swept if killed
-    spill = shards.Spill(scratch, ctx.runtime.spill_chars)
+    spill = shards.Spill(scratch / "read", ctx.runtime.spill_chars)
     entries = shards.Entries()
+    unread: list[tuple[int, ReadCache, str, str, str, str]] = []  # cached objects, not read
     per_source = {}
     for src, units in plans:
-        tally = _read(src, units, params.max_doc_chars, ctx, spill, entries)
+        tally = _read(src, units, params, ctx, caches[src.name], spill, entries, unread)
         per_source[src.name] = {"kind": src.kind, **tally}
         cache = caches[src.name]
         if cache.hits or cache.reads:
@@ -75,15 +89,48 @@ def run(params: Params, ctx: StageContext) -> dict:
     }
     outputs = {split: shards.ShardedOutput(ctx.out(out), params.shard_docs, params.row_group_docs)
                for split, out in (("corpus", CORPUS), ("heldout", HELDOUT))}
-    # the spill holds every document read, the entries the kept ones: both in doc-id order
-    order = shards.id_order(entries.table)
-    kept = iter(order)
-    nxt = next(kept, None)
-    for doc in spill.merged():
-        if nxt is not None and doc.doc_id == shards.Entries.doc_id(entries.table[nxt]):
-            outputs["heldout" if held[nxt] else "corpus"].add(doc)
-            nxt = next(kept, None)
+    shard_cache = ShardCache(cache_dir / ".shards" if cache_dir else None)
+    table = entries.table
+    order = shards.bucket_order(table)
+    split_of = np.where(held[order], "heldout", "corpus")
+    buckets, starts = np.unique(table["bucket"][order], return_index=True)
+    spans = list(zip(buckets.tolist(), starts.tolist(), [*starts[1:].tolist(), len(order)],
+                     strict=True))
+    settings = _layout(params)
+    keys = {b: {split: _bucket_key(settings, split, table[order[lo:hi][split_of[lo:hi] == split]],
+                                   entries.objects)
+                for split in ("corpus", "heldout") if (split_of[lo:hi] == split).any()}
+            for b, lo, hi in spans}
+    cached = {b: {split: shard_cache.get(k) for split, k in ks.items()} for b, ks in keys.items()}
+    reuse = {b for b, got in cached.items() if all(v is not None for v in got.values())}
+    # the unread objects of the buckets to rebuild: their text from the ingest cache
+    again = shards.Spill(scratch / "again", ctx.runtime.spill_chars)
+    for bucket, cache, source, domain, rel, version in unread:
+        if bucket not in reuse:
+            for rec in cache.records(rel, version):
+                if not rec.reason:
+                    again.add(shards.Doc(bucket, shards.doc_id(source, rel, rec.index), source,
+                                         domain, rel, rec.text[:params.max_doc_chars]))
+    stream = heapq.merge(spill.merged(), again.merged(), key=lambda d: (d.bucket, d.doc_id))
+    for b, lo, hi in ctx.progress(spans, len(spans), "ingest buckets"):
+        if b in reuse:
+            for split, (files, meta) in cached[b].items():
+                outputs[split].adopt(b, files, meta)
+            continue
+        for i, split in zip(order[lo:hi], split_of[lo:hi], strict=True):
+            want = shards.Entries.doc_id(table[i])
+            doc = next((d for d in stream if d.bucket == b and d.doc_id == want), None)
+            if doc is None:
+                raise RuntimeError(f"ingest: document {want} of bucket {b} missing from the spill")
+            outputs[split].add(doc)
+        for split, output in outputs.items():
+            files, meta = output.end_bucket()
+            if files:
+                shard_cache.put(keys[b][split], files, meta)
     shutil.rmtree(scratch)
+    if shard_cache.hits or shard_cache.stored:
+        ctx.log.info("ingest: %d of %d buckets rebuilt, %d copied from the shard cache",
+                     len(spans) - len(reuse), len(spans), len(reuse))
     manifests = {split: output.close({"split": split, "ingest": dict(metrics)})
                  for split, output in outputs.items()}  # ingest-wide metrics, before the split
     for split, m in manifests.items():
@@ -97,25 +144,79 @@ def run(params: Params, ctx: StageContext) -> dict:
     return metrics
 
 
-def _read(src: Source, units: list[Unit], max_doc_chars: int, ctx: StageContext, spill,
-          entries) -> dict:
-    """One source's documents into the spill and its kept ones into `entries` (capped to its
-    max_docs / max_chars by doc id); returns its tally."""
-    from stages.ingest.shards import Doc, doc_id, id_order
+def _layout(params: Params) -> str:
+    """What a bucket's shard bytes depend on besides its documents: the settings that shape
+    them and the code that writes them."""
+    from stages.ingest import shards
+
+    code = hashlib.sha256(Path(shards.__file__).read_bytes() + Path(__file__).read_bytes())
+    return json.dumps({"max_doc_chars": params.max_doc_chars, "shard_docs": params.shard_docs,
+                       "row_group_docs": params.row_group_docs, "code": code.hexdigest()})
+
+
+def _bucket_key(settings: str, split: str, rows: np.ndarray, objects: list[str]) -> str | None:
+    """The key of one split of a bucket in the shard cache: its documents (ids, in order) and
+    the identities of the objects they come from; None if one has none (not from a cached file
+    or S3 object: built-in and HF sources are rebuilt every run)."""
+    if (rows["obj"] < 0).any():
+        return None
+    codes = np.unique(rows["obj"]).tolist()
+    used = sorted(objects[o] for o in codes)
+    rank = {identity: r for r, identity in enumerate(used)}
+    local = np.zeros(max(codes) + 1, dtype="<u4")
+    local[codes] = [rank[objects[o]] for o in codes]
+    h = hashlib.sha256(f"{settings}\n{split}\n".encode())
+    h.update("\n".join(used).encode())
+    h.update(np.ascontiguousarray(rows[["hi", "lo"]]).tobytes())
+    h.update(local[rows["obj"]].tobytes())
+    return h.hexdigest()
+
+
+def _read(src: Source, units: list[Unit], params: Params, ctx: StageContext, cache: ReadCache,
+          spill, entries, unread: list) -> dict:
+    """One source's documents: those of objects read into the spill, those of objects unchanged
+    in the ingest cache only as entries (their text is read later if their bucket is rebuilt,
+    noted in `unread`); the kept ones (capped to max_docs / max_chars by doc id) in `entries`;
+    returns its tally."""
+    from stages.ingest.shards import Doc, bucket_of, doc_id, id_order
 
     read, skipped = 0, Counter()
     first = len(entries)
+    limit = params.max_doc_chars
+    bucket: dict[str, int] = {}
     for unit in ctx.progress(units, len(units), f"ingest {src.name}"):
-        for rec in unit.read():
+        todo = []
+        for rel, version in unit.objects:
+            meta = cache.meta(rel, version)
+            if meta is None:
+                todo.append((rel, version))
+                continue
+            b = bucket_of(src.name, rel, params.buckets)
+            obj = entries.object_code(cache.identity(rel, version))
+            unread.append((b, cache, src.name, unit.domain, rel, version))
+            for index, reason, n in meta:
+                read += 1
+                if reason:
+                    skipped[reason] += 1
+                    continue
+                entries.add(doc_id(src.name, rel, index), src.name, unit.domain, b, obj,
+                            min(n, limit), n > limit)
+        versions = dict(todo)
+        for rec in unit.read(todo, cache) if unit.objects else unit.read():
             read += 1
             reason = rec.reason or problem(rec.text)
             if reason:
                 skipped[reason] += 1
                 continue
+            b = bucket.get(rec.path)
+            if b is None:
+                b = bucket[rec.path] = bucket_of(src.name, rec.path, params.buckets)
+            obj = entries.object_code(cache.identity(rec.path, versions[rec.path])
+                                      if unit.objects else None)
             i = doc_id(src.name, rec.path, rec.index)
-            text = rec.text[:max_doc_chars]
-            spill.add(Doc(i, src.name, unit.domain, rec.path, text))
-            entries.add(i, src.name, unit.domain, len(text), len(rec.text) > max_doc_chars)
+            text = rec.text[:limit]
+            spill.add(Doc(b, i, src.name, unit.domain, rec.path, text))
+            entries.add(i, src.name, unit.domain, b, obj, len(text), len(rec.text) > limit)
     mine = entries.table[first:]
     if src.max_docs or src.max_chars:
         ranked = id_order(mine)[: src.max_docs]

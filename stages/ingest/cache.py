@@ -7,6 +7,8 @@ object, with the object's size and content hash; `<source>.json` there is the so
 path -> size, mtime or ETag, sha256 of the bytes, cache file. A record read from the cache is the
 record parsing the object would give (the key includes the reader code's hash), so a refresh's
 outputs are byte-identical to a from-scratch run's; only the work differs (counted in the log).
+Each record also keeps its final skip reason (`readers.problem` included) and its length, so an
+unchanged object's documents are known (`meta`) without reading their text.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from stages.ingest import readers
 from stages.ingest.readers import Record
 
 SCHEMA = pa.schema([("path", pa.string()), ("index", pa.int64()), ("text", pa.string()),
-                    ("reason", pa.string())])
+                    ("reason", pa.string()), ("n_chars", pa.int64())])
+LAYOUT = 2  # of the cache files: part of every key
 
 
 @cache
@@ -38,7 +41,8 @@ class ReadCache:
 
     def __init__(self, directory: Path | None, source: str, settings: dict):
         self.directory, self.source = directory, source
-        self.settings = json.dumps({**settings, "reader": _reader_version()}, sort_keys=True)
+        self.settings = json.dumps({**settings, "reader": _reader_version(), "layout": LAYOUT},
+                                   sort_keys=True)
         self.hits = self.reads = 0
         self.manifest: dict[str, dict] = {}
 
@@ -46,19 +50,31 @@ class ReadCache:
         digest = hashlib.sha256(f"{self.settings}\n{rel}\n{version}".encode()).hexdigest()
         return self.directory / self.source / digest[:2] / f"{digest}.parquet"
 
-    def get(self, rel: str, version: str) -> list[Record] | None:
-        """The object's records if it is unchanged since it was cached (version: size + mtime or
-        ETag), else None."""
+    def identity(self, rel: str, version: str) -> str | None:
+        """What determines the object's records (source settings, reader code, path, version), as
+        a hash; None when nothing is cached."""
+        return None if self.directory is None else self._file(rel, version).stem
+
+    def meta(self, rel: str, version: str) -> list[tuple[int, str | None, int]] | None:
+        """(index, skip reason, length) of each record of the object if it is unchanged since it
+        was cached (version: size + mtime or ETag), without its text; else None. Counts a hit."""
         if self.directory is None:
             return None
         path = self._file(rel, version)
-        if not path.exists():
+        try:
+            file = pq.ParquetFile(path)
+        except FileNotFoundError:
             return None
-        table = pq.read_table(path)
-        meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+        meta = {k.decode(): v.decode() for k, v in (file.schema_arrow.metadata or {}).items()}
         self.manifest[rel] = {"version": version, "sha256": meta["sha256"],
                               "bytes": int(meta["bytes"])}
         self.hits += 1
+        table = file.read(columns=["index", "reason", "n_chars"])
+        return list(zip(*(table[c].to_pylist() for c in table.column_names), strict=True))
+
+    def records(self, rel: str, version: str) -> list[Record]:
+        """The cached object's records (reasons final: `problem` applied)."""
+        table = pq.read_table(self._file(rel, version), columns=list(Record._fields))
         return [Record(*row) for row in zip(*table.to_pydict().values(), strict=True)]
 
     def put(self, rel: str, version: str, data: bytes, records: list[Record]) -> list[Record]:
@@ -70,7 +86,11 @@ class ReadCache:
         self.manifest[rel] = {"version": version, "sha256": sha, "bytes": len(data)}
         path = self._file(rel, version)
         path.parent.mkdir(parents=True, exist_ok=True)
-        table = pa.Table.from_pylist([r._asdict() for r in records], schema=SCHEMA)
+        table = pa.table({
+            "path": [r.path for r in records], "index": [r.index for r in records],
+            "text": [r.text for r in records],
+            "reason": [r.reason or readers.problem(r.text) for r in records],
+            "n_chars": [len(r.text) if r.text is not None else 0 for r in records]}, schema=SCHEMA)
         table = table.replace_schema_metadata({"sha256": sha, "bytes": str(len(data))})
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         os.close(fd)

@@ -34,10 +34,14 @@ class Record(NamedTuple):
 
 
 class Unit(NamedTuple):
-    """A piece of a source (a file, a batch of objects, a dataset): its domain and its reader."""
+    """A piece of a source (a file, a batch of objects, a dataset): its domain, its reader and,
+    for files and S3 objects, the objects it holds as (path, version) pairs known from listing
+    alone (size + mtime or ETag); `read(objects, cache)` then reads just those, keeping each in
+    the ingest cache (the rest come from it), else `read()` reads everything."""
 
     domain: str
-    read: Callable[[], Iterable[Record]]
+    read: Callable[..., Iterable[Record]]
+    objects: tuple[tuple[str, str], ...] = ()
 
 
 def looks_binary(data: bytes | str) -> bool:

@@ -1,10 +1,16 @@
-"""Doc ids, the held-out split, spilling, and the sharded Parquet output with its manifest.
+"""Doc ids, buckets, the held-out split, spilling, and the sharded Parquet output with its
+manifest.
 
-Ingest streams: documents go to sorted spill runs on disk as they are read (`Spill`), only
-29 bytes per document (`Entries`: numpy columns of id, source, domain, length) stay in memory
-for the global decisions (per-source caps, the held-out split), and the output is a k-way merge
-of the runs in doc-id order (`ShardedOutput`). Peak memory: one run of text, one row group per
-merged run (at most `MERGE_FAN_IN`), plus the entries.
+Layout: each source object (a file, an S3 object, a built-in path) belongs to one of `buckets`
+buckets by a hash of (source, path); each bucket's documents, in doc-id order, are their own
+shards (`part-BBBBB-KKK.parquet`), so adding or changing an object changes only its bucket's
+shards, from scratch and on a refresh alike.
+
+Ingest streams: documents go to spill runs on disk sorted by (bucket, doc id) as they are read
+(`Spill`), only ~37 bytes per document (`Entries`: numpy columns of id, source, domain, bucket,
+object, length) stay in memory for the global decisions (per-source caps, the held-out split),
+and the output is a k-way merge of the runs (`ShardedOutput`). Peak memory: one run of text, one
+row group per merged run (at most `MERGE_FAN_IN`), plus the entries.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ SCHEMA = pa.schema(
 
 
 class Doc(NamedTuple):
+    bucket: int  # not written to the output: its shard's name says it
     doc_id: str
     source: str
     domain: str
@@ -47,36 +54,49 @@ def doc_id(source: str, path: str, index: int) -> str:
     return hashlib.blake2b(f"{source}\n{path}\n{index}".encode(), digest_size=16).hexdigest()
 
 
+def bucket_of(source: str, path: str, buckets: int) -> int:
+    """The bucket of a source object: every document of one object shares it."""
+    digest = hashlib.blake2b(f"{source}\n{path}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % buckets
+
+
 def _unit_hash(seed: int, key: str) -> float:
     digest = hashlib.blake2b(f"{seed}\n{key}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64
 
 
 class Entries:
-    """What ingest keeps per document, no text, as numpy columns (~30 bytes per document): the id
+    """What ingest keeps per document, no text, as numpy columns (~37 bytes per document): the id
     as two big-endian 64-bit halves (so (hi, lo) order is doc-id order), source and domain
-    codes, length, whether it was truncated."""
+    codes, bucket, the code of its object's identity in the ingest cache (-1: none), length,
+    whether it was truncated."""
 
     CHUNK = 4_096  # rows held as Python tuples (~0.2 KB each) before they become numpy rows
 
     def __init__(self) -> None:
         self.sources: list[str] = []
         self.domains: list[str] = []
+        self.objects: list[str] = []
         self._codes: dict[tuple[int, str], int] = {}
-        self._rows: list[tuple[int, int, int, int, int, bool]] = []
+        self._rows: list[tuple[int, int, int, int, int, int, int, bool]] = []
         self._parts: list[np.ndarray] = []
         self._table: np.ndarray | None = None
 
-    def add(self, doc_id: str, source: str, domain: str, n_chars: int, truncated: bool) -> None:
+    def add(self, doc_id: str, source: str, domain: str, bucket: int, obj: int, n_chars: int,
+            truncated: bool) -> None:
         self._rows.append((int(doc_id[:16], 16), int(doc_id[16:], 16), self._code(0, source),
-                           self._code(1, domain), n_chars, truncated))
+                           self._code(1, domain), bucket, obj, n_chars, truncated))
         if len(self._rows) == self.CHUNK:
             self._flush()
+
+    def object_code(self, identity: str | None) -> int:
+        """The code of an object identity (`ReadCache.identity`); -1 for None."""
+        return -1 if identity is None else self._code(2, identity)
 
     def _code(self, kind: int, name: str) -> int:
         code = self._codes.get((kind, name))
         if code is None:
-            names = (self.sources, self.domains)[kind]
+            names = (self.sources, self.domains, self.objects)[kind]
             code = self._codes[(kind, name)] = len(names)
             names.append(name)
         return code
@@ -109,12 +129,17 @@ class Entries:
 
 
 ENTRY_DTYPE = np.dtype([("hi", "u8"), ("lo", "u8"), ("source", "u2"), ("domain", "u2"),
-                        ("n_chars", "i8"), ("truncated", "?")])
+                        ("bucket", "u4"), ("obj", "i4"), ("n_chars", "i8"), ("truncated", "?")])
 
 
 def id_order(table: np.ndarray) -> np.ndarray:
     """Indices that sort entries by doc id."""
     return np.lexsort((table["lo"], table["hi"]))
+
+
+def bucket_order(table: np.ndarray) -> np.ndarray:
+    """Indices that sort entries by (bucket, doc id): the output's order."""
+    return np.lexsort((table["lo"], table["hi"], table["bucket"]))
 
 
 def heldout_mask(entries: Entries, fraction: float, min_per_domain: int, seed: int
@@ -136,12 +161,17 @@ def heldout_mask(entries: Entries, fraction: float, min_per_domain: int, seed: i
 
 RUN_ROW_GROUP = 256  # documents per row group of a spill run
 MERGE_FAN_IN = 16  # runs merged at once
-RUN_SCHEMA = pa.schema([f for f in SCHEMA if f.name != "n_chars"])
+RUN_SCHEMA = pa.schema([pa.field("bucket", pa.int64(), nullable=False),
+                        *(f for f in SCHEMA if f.name != "n_chars")])
+
+
+def _order(doc: Doc) -> tuple[int, str]:
+    return doc.bucket, doc.doc_id
 
 
 class Spill:
-    """Documents written to doc-id-sorted Parquet runs of about `run_chars` characters
-    (`runtime.spill_chars`)."""
+    """Documents written to Parquet runs sorted by (bucket, doc id), of about `run_chars`
+    characters each (`runtime.spill_chars`)."""
 
     def __init__(self, directory: Path, run_chars: int):
         self.directory, self.run_chars = directory, run_chars
@@ -158,7 +188,7 @@ class Spill:
     def flush(self) -> None:
         if not self._buffer:
             return
-        self._buffer.sort()
+        self._buffer.sort(key=_order)
         self._write(self._buffer)
         self._buffer, self._chars = [], 0
 
@@ -180,9 +210,9 @@ class Spill:
             yield from (Doc(*row) for row in zip(*batch.to_pydict().values(), strict=True))
 
     def merged(self, batch_rows: int = 64) -> Iterator[Doc]:
-        """Every spilled document, in doc-id order: a k-way merge of at most `MERGE_FAN_IN`
-        runs (more are first merged in groups into longer runs, so the open readers, and the
-        memory, stay bounded whatever the corpus size)."""
+        """Every spilled document, in (bucket, doc id) order: a k-way merge of at most
+        `MERGE_FAN_IN` runs (more are first merged in groups into longer runs, so the open
+        readers, and the memory, stay bounded whatever the corpus size)."""
         self.flush()
         while len(self.runs) > MERGE_FAN_IN:
             groups = [self.runs[i:i + MERGE_FAN_IN] for i in range(0, len(self.runs),
@@ -190,33 +220,36 @@ class Spill:
             self.runs = []
             for group in groups:
                 self._write(heapq.merge(*(self._read(p, batch_rows) for p in group),
-                                        key=lambda d: d.doc_id))
+                                        key=_order))
                 for path in group:
                     path.unlink()
-        return heapq.merge(*(self._read(p, batch_rows) for p in self.runs),
-                           key=lambda d: d.doc_id)
+        return heapq.merge(*(self._read(p, batch_rows) for p in self.runs), key=_order)
 
 
 class ShardedOutput:
-    """Docs, added in id order, into `part-NNNNN.parquet` shards (at least one) of `shard_docs`
-    documents in row groups of `row_group_docs`, and `manifest.json`."""
+    """Docs, added in (bucket, doc id) order, into `part-BBBBB-KKK.parquet` shards of at most
+    `shard_docs` documents in row groups of `row_group_docs` (at least one shard, maybe empty),
+    and `manifest.json`. A bucket's shards can also be copied in whole (`adopt`)."""
 
     def __init__(self, out: Path, shard_docs: int, row_group_docs: int):
         out.mkdir(parents=True)
         self.out, self.shard_docs, self.row_group_docs = out, shard_docs, row_group_docs
-        self.last_id = ""
+        self.last: tuple[int, str] = (-1, "")
         self.counts: dict[str, dict[str, dict[str, int]]] = {"sources": {}, "domains": {}}
         self.shards: list[dict] = []
+        self._bucket: dict = {}  # the counts of the bucket being written, for the shard cache
         self._rows: list[Doc] = []
         self._writer: pq.ParquetWriter | None = None
         self._in_shard = 0
 
     def add(self, doc: Doc) -> None:
-        if doc.doc_id <= self.last_id:
-            raise ValueError(f"documents out of id order at {doc.doc_id}")
-        self.last_id = doc.doc_id
+        if _order(doc) <= self.last:
+            raise ValueError(f"documents out of (bucket, id) order at {doc.doc_id}")
+        if doc.bucket != self.last[0]:
+            self.end_bucket()
+        self.last = _order(doc)
         for kind, name in (("sources", doc.source), ("domains", doc.domain)):
-            c = self.counts[kind].setdefault(name, {"docs": 0, "chars": 0})
+            c = self._bucket.setdefault(kind, {}).setdefault(name, {"docs": 0, "chars": 0})
             c["docs"] += 1
             c["chars"] += len(doc.text)
         self._rows.append(doc)
@@ -224,9 +257,47 @@ class ShardedOutput:
                 self.shard_docs:
             self._write_rows()
 
+    def end_bucket(self) -> tuple[list[Path], dict]:
+        """Close the bucket being written: its files and its counts (what `adopt` takes)."""
+        if self._rows:
+            self._write_rows()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer, self._in_shard = None, 0
+        files = [s for s in self.shards if s.get("bucket") == self.last[0]]
+        meta = {"shards": [{"docs": s["docs"], "chars": s["chars"]} for s in files],
+                **{kind: self._bucket.get(kind, {}) for kind in ("sources", "domains")}}
+        self._merge_counts(meta)
+        self._bucket = {}
+        for s in files:
+            s.pop("bucket")
+        return [self.out / s["file"] for s in files], meta
+
+    def adopt(self, bucket: int, files: list[Path], meta: dict) -> None:
+        """A whole bucket's shards (from the shard cache) with the counts `end_bucket` gave."""
+        if (bucket, "") <= self.last:
+            raise ValueError(f"bucket {bucket} out of order")
+        self.end_bucket()
+        self.last = (bucket, "")
+        names = [f"part-{bucket:05d}-{k:03d}.parquet" for k in range(len(files))]
+        from stages.textstats.shard_cache import ShardCache
+
+        ShardCache.restore(files, self.out, names)
+        self.shards += [{"file": n, **s} for n, s in zip(names, meta["shards"], strict=True)]
+        self._merge_counts(meta)
+
+    def _merge_counts(self, meta: dict) -> None:
+        for kind in ("sources", "domains"):
+            for name, c in meta[kind].items():
+                total = self.counts[kind].setdefault(name, {"docs": 0, "chars": 0})
+                total["docs"] += c["docs"]
+                total["chars"] += c["chars"]
+
     def _open(self) -> pq.ParquetWriter:
-        name = f"part-{len(self.shards):05d}.parquet"
-        self.shards.append({"file": name, "docs": 0, "chars": 0})
+        bucket = self.last[0]
+        k = sum(s.get("bucket") == bucket for s in self.shards)
+        name = f"part-{max(bucket, 0):05d}-{k:03d}.parquet"
+        self.shards.append({"file": name, "docs": 0, "chars": 0, "bucket": bucket})
         self._in_shard = 0
         return pq.ParquetWriter(
             self.out / name, SCHEMA, compression="zstd", compression_level=3,
@@ -236,7 +307,7 @@ class ShardedOutput:
     def _write_rows(self) -> None:
         if self._writer is None:
             self._writer = self._open()
-        columns = {f: [getattr(d, f) for d in self._rows] for f in Doc._fields}
+        columns = {f: [getattr(d, f) for d in self._rows] for f in Doc._fields if f != "bucket"}
         columns["n_chars"] = [len(t) for t in columns["text"]]
         self._writer.write_table(pa.table(columns, schema=SCHEMA))
         self.shards[-1]["docs"] += len(self._rows)
@@ -248,15 +319,13 @@ class ShardedOutput:
             self._writer = None
 
     def close(self, extra: dict) -> dict:
-        if self._rows:
-            self._write_rows()
-        if self._writer is None and not self.shards:
-            self._writer = self._open()  # an empty split still gets one (empty) shard
-        if self._writer is not None:
-            self._writer.close()
+        self.end_bucket()
+        if not self.shards:  # an empty split still gets one (empty) shard
+            self._open().close()
+            self.shards[-1].pop("bucket")
         manifest = {
             "schema": {f.name: str(f.type) for f in SCHEMA},
-            "sorted_by": "doc_id",
+            "sorted_by": "bucket, doc_id",
             "docs": sum(s["docs"] for s in self.shards),
             "chars": sum(s["chars"] for s in self.shards),
             "shards": self.shards,

@@ -65,15 +65,14 @@ class BuiltinSource(_Source):
 Source = Annotated[LocalSource | S3Source | HFSource | BuiltinSource, Field(discriminator="kind")]
 
 
-def resolve(src: Source, ctx: StageContext, cache: ReadCache | None = None) -> list[Unit]:
-    """What `src` holds, as units to read; StageInputError if it is missing or empty. Files and
-    S3 objects unchanged since `cache` saw them are not read again."""
+def resolve(src: Source, ctx: StageContext) -> list[Unit]:
+    """What `src` holds, as units to read; StageInputError if it is missing or empty."""
     if isinstance(src, BuiltinSource):
         return builtin.units(src.parts)
     if isinstance(src, LocalSource):
-        return _local(src, ctx.root, cache)
+        return _local(src, ctx.root)
     if isinstance(src, S3Source):
-        return _s3(src, ctx.runtime.s3_endpoint_url or os.environ.get("AWS_ENDPOINT_URL"), cache)
+        return _s3(src, ctx.runtime.s3_endpoint_url or os.environ.get("AWS_ENDPOINT_URL"))
     return _hf(src, ctx.root)
 
 
@@ -81,7 +80,7 @@ def _error(src: Source, where: str, what: str) -> StageInputError:
     return StageInputError(f"ingest source {src.name!r} ({src.kind}): {where}: {what}")
 
 
-def _local(src: LocalSource, root: Path, cache: ReadCache | None) -> list[Unit]:
+def _local(src: LocalSource, root: Path) -> list[Unit]:
     found: dict[str, Path] = {}
     for entry in src.paths:
         path = Path(entry) if Path(entry).is_absolute() else root / entry
@@ -103,25 +102,29 @@ def _local(src: LocalSource, root: Path, cache: ReadCache | None) -> list[Unit]:
                 raise _error(
                     src, entry, f"{found[rel]} and {f} both map to {rel!r}; split the source"
                 )
-    return [Unit(src.domain, partial(_read_local, src, rel, f, cache))
-            for rel, f in sorted(found.items())]
-
-
-def _read_local(src: LocalSource, rel: str, file: Path, cache: ReadCache | None) -> list[Record]:
-    try:
-        st = file.stat()
+    units = []
+    for rel, f in sorted(found.items()):
+        try:
+            st = f.stat()
+        except OSError as exc:
+            raise _error(src, str(f), f"cannot read ({exc})") from exc
         version = f"size={st.st_size} mtime_ns={st.st_mtime_ns}"
-        cached = cache.get(rel, version) if cache else None
-        if cached is not None:
-            return cached
-        data = file.read_bytes()
-    except OSError as exc:
-        raise _error(src, str(file), f"cannot read ({exc})") from exc
-    records = list(parse_file(rel, data, src.text_field))
-    return cache.put(rel, version, data, records) if cache else records
+        units.append(Unit(src.domain, partial(_read_local, src, f), ((rel, version),)))
+    return units
 
 
-def _s3(src: S3Source, endpoint: str | None, cache: ReadCache | None) -> list[Unit]:
+def _read_local(src: LocalSource, file: Path, objects: list[tuple[str, str]],
+                cache: ReadCache | None) -> Iterator[Record]:
+    for rel, version in objects:
+        try:
+            data = file.read_bytes()
+        except OSError as exc:
+            raise _error(src, str(file), f"cannot read ({exc})") from exc
+        records = list(parse_file(rel, data, src.text_field))
+        yield from cache.put(rel, version, data, records) if cache else records
+
+
+def _s3(src: S3Source, endpoint: str | None) -> list[Unit]:
     """Every object below the prefix; credentials come from the environment only."""
     import s3fs
 
@@ -146,26 +149,27 @@ def _s3(src: S3Source, endpoint: str | None, cache: ReadCache | None) -> list[Un
         raise _error(src, src.url, "no objects below this prefix; fix ingest.sources or upload")
     rels = [k[len(base) + 1 :] if k.startswith(base + "/") else k.rsplit("/", 1)[-1] for k in keys]
     versions = [f"size={found[k].get('size')} etag={found[k].get('ETag')}" for k in keys]
-    objects = list(zip(rels, keys, versions, strict=True))
+    keys_of = dict(zip(rels, keys, strict=True))
+    objects = list(zip(rels, versions, strict=True))
     return [
-        Unit(src.domain, partial(_read_s3, fs, src, objects[i : i + _S3_BATCH], cache))
+        Unit(src.domain, partial(_read_s3, fs, src, keys_of), tuple(objects[i : i + _S3_BATCH]))
         for i in range(0, len(objects), _S3_BATCH)
     ]
 
 
-def _read_s3(fs, src: S3Source, objects: list[tuple[str, str, str]],
+def _read_s3(fs, src: S3Source, keys_of: dict[str, str], objects: list[tuple[str, str]],
              cache: ReadCache | None) -> list[Record]:
-    """The objects' records, in order; only those the cache does not hold are fetched."""
-    got = {rel: cache.get(rel, version) if cache else None for rel, _, version in objects}
-    todo = [(rel, key, version) for rel, key, version in objects if got[rel] is None]
-    blobs = fs.cat([key for _, key, _ in todo], on_error="return") if todo else {}
-    for rel, key, version in todo:
+    """The objects' records, in order, fetched in one concurrent batch."""
+    blobs = fs.cat([keys_of[rel] for rel, _ in objects], on_error="return") if objects else {}
+    got = []
+    for rel, version in objects:
+        key = keys_of[rel]
         blob = blobs[key]
         if isinstance(blob, Exception):
             raise _error(src, f"s3://{key}", f"cannot read ({type(blob).__name__}: {blob})")
         records = list(parse_file(rel, blob, src.text_field))
-        got[rel] = cache.put(rel, version, blob, records) if cache else records
-    return [r for rel, _, _ in objects for r in got[rel]]
+        got.extend(cache.put(rel, version, blob, records) if cache else records)
+    return got
 
 
 def _hf(src: HFSource, root: Path) -> list[Unit]:

@@ -1,6 +1,9 @@
 """Per-document quality signals, computed once per corpus version and read by `filter`.
 
 One output shard per corpus shard, the same rows in the same order, keyed by `doc_id`, no text.
+A corpus shard whose bytes were seen before (with the same params and code) gets its output copied
+from the shard cache (`<doc_cache>/signals-shards`), and within the others only the texts the
+document cache lacks are computed: a refresh's work follows what changed.
 Every document gets every signal whatever its domain: which rules apply to which domain, and at
 which thresholds, is the filter's decision, so changing it never recomputes signals.
 """
@@ -12,6 +15,7 @@ from functools import partial
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 from pydantic import Field, field_validator
 
 from stages.params import StrictModel
@@ -19,6 +23,7 @@ from stages.registry import ROOT
 from stages.signals import heuristics, language, textbook, toxicity
 from stages.textstats import tokenize
 from stages.textstats.doc_cache import DocCache, Fresh, version
+from stages.textstats.shard_cache import ShardCache, file_key
 from stages.textstats.shards import (
     ShardWriter,
     Unit,
@@ -98,38 +103,62 @@ def _unit(unit: Unit, params: Params, cache: DocCache) -> tuple[pa.Table, dict, 
     return pa.concat_tables(tables), summary, fresh
 
 
+def _add(total: dict, part: dict) -> None:
+    """Add one unit's or shard's summary into `total` (sums in a fixed order: a shard's sums are
+    added up the same way whether it was computed now or copied from the shard cache)."""
+    for key in ("docs", "langs", "flags"):
+        total.setdefault(key, Counter()).update(part[key])
+    for domain, col_sums in part["sums"].items():
+        total.setdefault("sums", {}).setdefault(domain, Counter()).update(col_sums)
+
+
 def run(params: Params, ctx) -> dict:
     shards = list_shards(ctx.dep(CORPUS))
-    work = units(shards)
     out_dir = ctx.out(OUT)
     out_dir.mkdir(parents=True)
-    docs, langs, flags, sums, rows = Counter(), Counter(), Counter(), {}, []
-    writer, columns = None, []
-    cache = DocCache(ctx.root / ctx.runtime.doc_cache if ctx.runtime.doc_cache else None,
-                     version(params.model_dump(mode="json"),
-                             [ROOT / f for f in ctx.stage.code_files()]))
-    computed = 0
+    cache_dir = ctx.root / ctx.runtime.doc_cache if ctx.runtime.doc_cache else None
+    code = version(params.model_dump(mode="json"), [ROOT / f for f in ctx.stage.code_files()])
+    cache = DocCache(cache_dir, code)
+    # a corpus shard seen before (same bytes, same params and code): its output is copied
+    shard_cache = ShardCache(cache_dir / "signals-shards" if cache_dir else None)
+    keys = {p: file_key(code, p) if cache_dir else None for p in shards}
+    cached = {p: shard_cache.get(keys[p]) for p in shards}
+    work = units([p for p in shards if cached[p] is None])
+    total: dict = {"docs": Counter(), "langs": Counter(), "flags": Counter(), "sums": {}}
+    rows, columns, computed = [], [], 0
     with ctx.executor() as pool:
-        results = ctx.progress(pool.map(partial(_unit, params=params, cache=cache), work),
-                               len(work), "signals")
-        for unit, (table, s, fresh) in zip(work, results, strict=True):
-            computed += cache.store(fresh)
-            if writer is None or writer.path != out_dir / unit.path.name:
-                if writer is not None:
-                    rows.append((writer.path.name, writer.close()))
-                writer = ShardWriter(out_dir / unit.path.name, table.schema)
-            writer.write(table)
-            columns = table.schema.names
-            docs.update(s["docs"])
-            langs.update(s["langs"])
-            flags.update(s["flags"])
-            for domain, col_sums in s["sums"].items():
-                sums.setdefault(domain, Counter()).update(col_sums)
-    if writer is not None:
-        rows.append((writer.path.name, writer.close()))
+        results = iter(ctx.progress(pool.map(partial(_unit, params=params, cache=cache), work),
+                                    len(work), "signals"))
+        for path in shards:
+            if cached[path] is not None:
+                files, meta = cached[path]
+                ShardCache.restore(files, out_dir, [path.name])
+                rows.append((path.name, meta["rows"]))
+                columns = meta["columns"]
+                _add(total, meta["summary"])
+                continue
+            summary: dict = {"docs": Counter(), "langs": Counter(), "flags": Counter(),
+                             "sums": {}}
+            writer = None
+            for _ in range(max(1, pq.ParquetFile(path).num_row_groups)):  # its units, in order
+                table, s, fresh = next(results)
+                computed += cache.store(fresh)
+                if writer is None:
+                    writer = ShardWriter(out_dir / path.name, table.schema)
+                writer.write(table)
+                columns = table.schema.names
+                _add(summary, s)
+            rows.append((path.name, writer.close()))
+            shard_cache.put(keys[path], [writer.path], {
+                "rows": rows[-1][1], "columns": columns,
+                "summary": {k: dict(v) if k != "sums" else {d: dict(c) for d, c in v.items()}
+                            for k, v in summary.items()}})
+            _add(total, summary)
     write_manifest(out_dir, rows, columns)
-    ctx.log.info("signals: %d documents in %d shards; %d distinct texts computed, the rest "
-                 "from the document cache", sum(docs.values()), len(shards), computed)
+    docs, langs, flags, sums = (total[k] for k in ("docs", "langs", "flags", "sums"))
+    ctx.log.info("signals: %d documents in %d shards (%d copied from the shard cache); %d "
+                 "distinct texts computed, the rest from the document cache",
+                 sum(docs.values()), len(shards), shard_cache.hits, computed)
     return {
         "docs": sum(docs.values()),
         "shards": len(shards),
