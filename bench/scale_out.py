@@ -174,7 +174,7 @@ def growth(work: Path, factors: list[int]) -> dict[int, dict]:
     return out
 
 
-def refresh(work: Path, factor: int) -> dict[str, float]:
+def refresh(work: Path, factor: int, buckets: int) -> dict[str, float]:
     texts = [" ".join(f"v{c}" if i == c % max(1, t.count(" ") + 1) else w
                       for i, w in enumerate(t.split(" ")))
              for c in range(factor) for t in builtin_texts()]  # `factor` variants of each text
@@ -192,7 +192,7 @@ def refresh(work: Path, factor: int) -> dict[str, float]:
         "workers": 2, "ingest_cache": caches and f"{caches}/ingest",
         "doc_cache": caches and f"{caches}/docs"}, ingest={
         "sources": [{"name": "files", "kind": "local", "paths": [str(corpus)]}],
-        "heldout_min_per_domain": 0}) for label, caches in (("scratch", None), ("warm", ".cache"))}
+        "heldout_min_per_domain": 0, "buckets": buckets}) for label, caches in (("scratch", None), ("warm", ".cache"))}
     for name in ("ingest", "signals"):  # last week's run: fills the caches
         stage(roots["warm"], name)
     write(100, [t + " (new)" for t in texts[:per_file]])  # 1% new documents
@@ -220,12 +220,15 @@ def main() -> None:
     ap.add_argument("--skip-refresh", action="store_true")
     ap.add_argument("--refresh-scale", type=int, default=16,
                     help="refresh: copies of the built-in prose (at 1x, start-up decides)")
+    ap.add_argument("--refresh-buckets", type=int, default=64,
+                    help="refresh: ingest.buckets (the 1%% new documents arrive as one new file)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         ex = {} if args.skip_executors else executors(Path(tmp), args.skip_ray,
                                                       sorted(args.executor_scale), args.repeats)
         grown = growth(Path(tmp), args.growth)
-        fresh = {} if args.skip_refresh else refresh(Path(tmp), args.refresh_scale)
+        fresh = {} if args.skip_refresh else refresh(Path(tmp), args.refresh_scale,
+                                                     args.refresh_buckets)
     for key, value in ex.items():
         print(f"{key}: {value:.2f}")
     small, big = min(args.executor_scale), max(args.executor_scale)

@@ -43,16 +43,19 @@ class Executor(Protocol):
 
 
 class LocalProcesses:
-    """Worker processes for one stage run, started once (spawned: safe under threads)."""
+    """Worker processes for one stage run, started once when first needed (spawned: safe under
+    threads; a run whose maps have at most one item each, e.g. a refresh, starts none)."""
 
     def __init__(self, workers: int):
         self.workers = workers
-        self._pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
+        self._pool = None
 
     def map(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
         items = list(items)
-        if self._pool is None or len(items) <= 1:
+        if self.workers <= 1 or len(items) <= 1:
             return map(fn, items)
+        if self._pool is None:
+            self._pool = multiprocessing.get_context("spawn").Pool(self.workers)
         return self._pool.imap(fn, items)
 
     def __enter__(self) -> LocalProcesses:

@@ -22,6 +22,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
 from stages.ingest.cache import ReadCache
@@ -192,15 +193,16 @@ def _read(src: Source, units: list[Unit], params: Params, ctx: StageContext, cac
                 todo.append((rel, version))
                 continue
             b = bucket_of(src.name, rel, params.buckets)
-            obj = entries.object_code(cache.identity(rel, version))
             unread.append((b, cache, src.name, unit.domain, rel, version))
-            for index, reason, n in meta:
-                read += 1
-                if reason:
-                    skipped[reason] += 1
-                    continue
-                entries.add(doc_id(src.name, rel, index), src.name, unit.domain, b, obj,
-                            min(n, limit), n > limit)
+            read += meta.num_rows
+            reasons = meta["reason"]
+            skipped.update({r["values"]: r["counts"] for r in reasons.value_counts().to_pylist()
+                            if r["values"] is not None})
+            ok = meta.filter(pc.is_null(reasons))
+            n = ok["n_chars"].to_numpy()
+            entries.extend(ok["id_hi"].to_numpy(), ok["id_lo"].to_numpy(), src.name, unit.domain,
+                           b, entries.object_code(cache.identity(rel, version)),
+                           np.minimum(n, limit), n > limit)
         versions = dict(todo)
         for rec in unit.read(todo, cache) if unit.objects else unit.read():
             read += 1

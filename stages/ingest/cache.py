@@ -25,9 +25,11 @@ import pyarrow.parquet as pq
 
 from stages.ingest import readers
 from stages.ingest.readers import Record
+from stages.ingest.shards import doc_id
 
 SCHEMA = pa.schema([("path", pa.string()), ("index", pa.int64()), ("text", pa.string()),
-                    ("reason", pa.string()), ("n_chars", pa.int64())])
+                    ("reason", pa.string()), ("n_chars", pa.int64()), ("id_hi", pa.uint64()),
+                    ("id_lo", pa.uint64())])
 LAYOUT = 2  # of the cache files: part of every key
 
 
@@ -55,9 +57,10 @@ class ReadCache:
         a hash; None when nothing is cached."""
         return None if self.directory is None else self._file(rel, version).stem
 
-    def meta(self, rel: str, version: str) -> list[tuple[int, str | None, int]] | None:
-        """(index, skip reason, length) of each record of the object if it is unchanged since it
-        was cached (version: size + mtime or ETag), without its text; else None. Counts a hit."""
+    def meta(self, rel: str, version: str) -> pa.Table | None:
+        """The object's records without their text if it is unchanged since it was cached
+        (version: size + mtime or ETag), else None: skip reason (`problem` applied), length and
+        doc id halves (`id_hi`, `id_lo`) per record. Counts a hit."""
         if self.directory is None:
             return None
         path = self._file(rel, version)
@@ -69,8 +72,7 @@ class ReadCache:
         self.manifest[rel] = {"version": version, "sha256": meta["sha256"],
                               "bytes": int(meta["bytes"])}
         self.hits += 1
-        table = file.read(columns=["index", "reason", "n_chars"])
-        return list(zip(*(table[c].to_pylist() for c in table.column_names), strict=True))
+        return file.read(columns=["reason", "n_chars", "id_hi", "id_lo"])
 
     def records(self, rel: str, version: str) -> list[Record]:
         """The cached object's records (reasons final: `problem` applied)."""
@@ -86,11 +88,14 @@ class ReadCache:
         self.manifest[rel] = {"version": version, "sha256": sha, "bytes": len(data)}
         path = self._file(rel, version)
         path.parent.mkdir(parents=True, exist_ok=True)
+        ids = [doc_id(self.source, r.path, r.index) for r in records]
         table = pa.table({
             "path": [r.path for r in records], "index": [r.index for r in records],
             "text": [r.text for r in records],
             "reason": [r.reason or readers.problem(r.text) for r in records],
-            "n_chars": [len(r.text) if r.text is not None else 0 for r in records]}, schema=SCHEMA)
+            "n_chars": [len(r.text) if r.text is not None else 0 for r in records],
+            "id_hi": [int(i[:16], 16) for i in ids], "id_lo": [int(i[16:], 16) for i in ids]},
+            schema=SCHEMA)
         table = table.replace_schema_metadata({"sha256": sha, "bytes": str(len(data))})
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         os.close(fd)

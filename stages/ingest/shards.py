@@ -60,9 +60,19 @@ def bucket_of(source: str, path: str, buckets: int) -> int:
     return int.from_bytes(digest, "big") % buckets
 
 
-def _unit_hash(seed: int, key: str) -> float:
-    digest = hashlib.blake2b(f"{seed}\n{key}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser, on uint64 arrays (wrapping arithmetic)."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def unit_hash(seed: int, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+    """A seeded hash of each doc id (its two 64-bit halves) as a float in [0, 1): the ids are
+    already uniform (blake2b), the mixing makes each seed a different, independent order."""
+    key = _mix(np.full(1, seed & (2**64 - 1), dtype=np.uint64))
+    h = _mix(_mix(hi ^ key) ^ lo)
+    return (h >> np.uint64(11)).astype(np.float64) / 2.0**53
 
 
 class Entries:
@@ -88,6 +98,16 @@ class Entries:
                            self._code(1, domain), bucket, obj, n_chars, truncated))
         if len(self._rows) == self.CHUNK:
             self._flush()
+
+    def extend(self, hi: np.ndarray, lo: np.ndarray, source: str, domain: str, bucket: int,
+               obj: int, n_chars: np.ndarray, truncated: np.ndarray) -> None:
+        """Many documents of one object at once (ids as their two 64-bit halves)."""
+        self._flush()
+        rows = np.zeros(len(hi), dtype=ENTRY_DTYPE)
+        rows["hi"], rows["lo"], rows["n_chars"], rows["truncated"] = hi, lo, n_chars, truncated
+        rows["source"], rows["domain"] = self._code(0, source), self._code(1, domain)
+        rows["bucket"], rows["obj"] = bucket, obj
+        self._parts.append(rows)
 
     def object_code(self, identity: str | None) -> int:
         """The code of an object identity (`ReadCache.identity`); -1 for None."""
@@ -147,8 +167,7 @@ def heldout_mask(entries: Entries, fraction: float, min_per_domain: int, seed: i
     """Per domain, the docs whose seeded id hash is below `fraction`, topped up to the minimum
     (at most half the domain) with the next-lowest hashes (ties: smaller doc id)."""
     table = entries.table
-    h = np.fromiter((_unit_hash(seed, Entries.doc_id(r)) for r in table), np.float64,
-                    len(table))
+    h = unit_hash(seed, table["hi"], table["lo"])
     held = np.zeros(len(table), dtype=bool)
     for domain in range(len(entries.domains)):
         idx = np.flatnonzero(table["domain"] == domain)
