@@ -192,7 +192,8 @@ def refresh(work: Path, factor: int, buckets: int) -> dict[str, float]:
         "workers": 2, "ingest_cache": caches and f"{caches}/ingest",
         "doc_cache": caches and f"{caches}/docs"}, ingest={
         "sources": [{"name": "files", "kind": "local", "paths": [str(corpus)]}],
-        "heldout_min_per_domain": 0, "buckets": buckets}) for label, caches in (("scratch", None), ("warm", ".cache"))}
+        "heldout_min_per_domain": 0, "buckets": buckets})
+        for label, caches in (("scratch", None), ("warm", ".cache"))}
     for name in ("ingest", "signals"):  # last week's run: fills the caches
         stage(roots["warm"], name)
     write(100, [t + " (new)" for t in texts[:per_file]])  # 1% new documents

@@ -19,21 +19,18 @@ from stages.registry import Stage, producer_of
 LOCK_FILE = "dvc.lock"
 
 
-_parsed: dict[Path, tuple[bytes, dict[str, Any]]] = {}
+_lock_file = params_mod.ParsedOnce(lambda _, text: lock_yaml.loads(text.decode("utf-8")) or {})
 
 
 def read_lock_file(root: Path) -> dict[str, Any]:
     """The whole dvc.lock (`{}` when there is none), parsed once per content of the file in this
-    process (reading it is ~1% of parsing it). Shared: treat it as read-only."""
+    process. Shared: treat it as read-only."""
     path = root / LOCK_FILE
     try:
         text = path.read_bytes()
     except FileNotFoundError:
         return {}
-    cached = _parsed.get(path)
-    if cached is None or cached[0] != text:
-        cached = _parsed[path] = (text, lock_yaml.loads(text.decode("utf-8")) or {})
-    return cached[1]
+    return _lock_file(path, text)
 
 
 def read_lock(root: Path) -> dict[str, dict[str, Any]]:

@@ -104,7 +104,9 @@ def run(params: Params, ctx: StageContext) -> dict:
             for b, lo, hi in spans}
     cached = {b: {split: shard_cache.get(k) for split, k in ks.items()} for b, ks in keys.items()}
     reuse = {b for b, got in cached.items() if all(v is not None for v in got.values())}
-    # the unread objects of the buckets to rebuild: their text from the ingest cache
+    # the unread objects of the buckets to rebuild: their text from the ingest cache (the first
+    # spill's buffer written out first: one run of text in memory at a time)
+    spill.flush()
     again = shards.Spill(scratch / "again", ctx.runtime.spill_chars)
     for bucket, cache, source, domain, rel, version in unread:
         if bucket not in reuse:

@@ -76,6 +76,13 @@ def load_hf(path: str | Path, **kwargs):
     return AutoModelForCausalLM.from_pretrained(path, **kwargs)
 
 
+def training_config(path: str | Path) -> MoEConfig:
+    """The training model's config of a checkpoint written by `save_hf`, without its weights."""
+    from transformers import AutoConfig
+
+    return MoEConfig(**AutoConfig.from_pretrained(path).moe_config)
+
+
 def load_training_model(path: str | Path, experts_impl: str = "grouped_mm") -> MoEForCausalLM:
     """Rebuild the training model from a checkpoint written by `save_hf`."""
     hf = load_hf(path)

@@ -109,16 +109,22 @@ def _score_batch(model, x, y, chunk: _Chunk) -> tuple[np.ndarray, np.ndarray, fl
 
 
 def run(params: Params, ctx: StageContext) -> dict:
+    import torch
+
+    from stages.model import MoEForCausalLM
+    from stages.model.hf import training_config
     from stages.train.batches import Split
 
     teacher_dir, tok = ctx.dep(TEACHER), ctx.dep(TOKENS)
     vocab = json.loads((tok / "manifest.json").read_text())["vocab_size"]
     train = Split.open(tok / "train")
     positions = train.seq_len - 1
-    model = _teacher(str(teacher_dir))
-    if model.config.vocab_size != vocab:
-        raise ValueError(f"{TEACHER} has vocab {model.config.vocab_size}, {TOKENS} {vocab}: the "
+    cfg = training_config(teacher_dir)  # the weights load where the scoring runs, once
+    if cfg.vocab_size != vocab:
+        raise ValueError(f"{TEACHER} has vocab {cfg.vocab_size}, {TOKENS} {vocab}: the "
                          "teacher must use the pipeline's tokenizer")
+    with torch.device("meta"):  # parameter counts for index.json, no memory
+        skeleton = MoEForCausalLM(cfg)
     k = min(params.k, vocab)
     seq_ids = select(train.sequences, train.seq_len, params.tokens, ctx.base.seed)
     n = len(seq_ids)
@@ -151,8 +157,8 @@ def run(params: Params, ctx: StageContext) -> dict:
         "vocab_size": vocab, "logp_dtype": params.dtype, "idx_dtype": np.dtype(idx_dtype).name,
         "files": {"logp": "logp.npy", "idx": "idx.npy", "seq_ids": "seq_ids.npy"},
         "tokens_digest": rows_digest(train.tokens[seq_ids]), "seed": ctx.base.seed,
-        "teacher": {"arch": model.config.arch, "params": model.num_params(),
-                    "params_active": model.num_params(active=True)},
+        "teacher": {"arch": cfg.arch, "params": skeleton.num_params(),
+                    "params_active": skeleton.num_params(active=True)},
     }
     (out / "index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     size = sum(f.stat().st_size for f in out.iterdir())
