@@ -379,3 +379,29 @@ def test_builtin_corpus(tmp_path):
     assert {k: v["kept"] for k, v in m["sources"].items()} == dict.fromkeys(parts, 25)
     for s in m["sources"].values():
         assert s["read"] == s["kept"] + sum(s["skipped"].values()) and s["skipped"]["capped"] > 0
+
+
+def test_heldout_mask_equals_a_full_ranking():
+    """The held-out split ranks only the top-up candidates: the same docs as ranking every doc
+    of the domain by (hash, doc id) and taking the first n."""
+    import numpy as np
+
+    from stages.ingest import shards
+
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        n = int(rng.integers(1, 3000))
+        rows = np.zeros(n, dtype=shards.ENTRY_DTYPE)
+        rows["hi"] = rng.integers(0, 2**63, n, dtype=np.uint64)
+        rows["lo"] = rng.integers(0, 2**63, n, dtype=np.uint64)
+        rows["domain"] = rng.integers(0, 3, n)
+        entries = shards.Entries()
+        entries.domains, entries._parts = ["a", "b", "c"], [rows]
+        frac, least, seed = float(rng.choice([0, 0.01, 0.1])), int(rng.integers(0, 400)), 7
+        h = shards.unit_hash(seed, rows["hi"], rows["lo"])
+        expected = np.zeros(n, dtype=bool)
+        for domain in range(3):
+            idx = np.flatnonzero(rows["domain"] == domain)
+            ranked = idx[np.lexsort((rows["lo"][idx], rows["hi"][idx], h[idx]))]
+            expected[ranked[:max(int((h[idx] < frac).sum()), min(least, len(idx) // 2))]] = True
+        assert (shards.heldout_mask(entries, frac, least, seed) == expected).all()

@@ -93,14 +93,15 @@ def run(params: Params, ctx: StageContext) -> dict:
     shard_cache = ShardCache(cache_dir / ".shards" if cache_dir else None)
     table = entries.table
     order = shards.bucket_order(table)
-    split_of = np.where(held[order], "heldout", "corpus")
+    held_sorted = held[order]
+    splits = {"corpus": False, "heldout": True}
     buckets, starts = np.unique(table["bucket"][order], return_index=True)
     spans = list(zip(buckets.tolist(), starts.tolist(), [*starts[1:].tolist(), len(order)],
                      strict=True))
     settings = _layout(params)
-    keys = {b: {split: _bucket_key(settings, split, table[order[lo:hi][split_of[lo:hi] == split]],
+    keys = {b: {split: _bucket_key(settings, split, table[order[lo:hi][held_sorted[lo:hi] == h]],
                                    entries.objects)
-                for split in ("corpus", "heldout") if (split_of[lo:hi] == split).any()}
+                for split, h in splits.items() if (held_sorted[lo:hi] == h).any()}
             for b, lo, hi in spans}
     cached = {b: {split: shard_cache.get(k) for split, k in ks.items()} for b, ks in keys.items()}
     reuse = {b for b, got in cached.items() if all(v is not None for v in got.values())}
@@ -120,7 +121,8 @@ def run(params: Params, ctx: StageContext) -> dict:
             for split, (files, meta) in cached[b].items():
                 outputs[split].adopt(b, files, meta)
             continue
-        for i, split in zip(order[lo:hi], split_of[lo:hi], strict=True):
+        for i, h in zip(order[lo:hi], held_sorted[lo:hi], strict=True):
+            split = "heldout" if h else "corpus"
             want = shards.Entries.doc_id(table[i])
             doc = next((d for d in stream if d.bucket == b and d.doc_id == want), None)
             if doc is None:

@@ -67,12 +67,16 @@ def _mix(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-def unit_hash(seed: int, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+def unit_hash(seed: int, hi: np.ndarray, lo: np.ndarray, block: int = 1 << 16) -> np.ndarray:
     """A seeded hash of each doc id (its two 64-bit halves) as a float in [0, 1): the ids are
-    already uniform (blake2b), the mixing makes each seed a different, independent order."""
+    already uniform (blake2b), the mixing makes each seed a different, independent order.
+    Computed in blocks, so the temporaries stay small whatever the corpus size."""
     key = _mix(np.full(1, seed & (2**64 - 1), dtype=np.uint64))
-    h = _mix(_mix(hi ^ key) ^ lo)
-    return (h >> np.uint64(11)).astype(np.float64) / 2.0**53
+    out = np.empty(len(hi), dtype=np.float64)
+    for s in range(0, len(hi), block):
+        h = _mix(_mix(hi[s:s + block] ^ key) ^ lo[s:s + block])
+        out[s:s + block] = (h >> np.uint64(11)).astype(np.float64) / 2.0**53
+    return out
 
 
 class Entries:
@@ -171,9 +175,15 @@ def heldout_mask(entries: Entries, fraction: float, min_per_domain: int, seed: i
     held = np.zeros(len(table), dtype=bool)
     for domain in range(len(entries.domains)):
         idx = np.flatnonzero(table["domain"] == domain)
-        ranked = idx[np.lexsort((table["lo"][idx], table["hi"][idx], h[idx]))]
-        n = int((h[idx] < fraction).sum())
-        n = max(n, min(min_per_domain, len(idx) // 2))
+        hd = h[idx]
+        below = hd < fraction
+        n = max(int(below.sum()), min(min_per_domain, len(idx) // 2))
+        if n == int(below.sum()):  # no top-up: exactly the hashes below the fraction
+            held[idx[below]] = True
+            continue
+        # the n lowest hashes (ties: smaller doc id), ranking only the candidates up to the n-th
+        cand = idx[hd <= np.partition(hd, n - 1)[n - 1]]
+        ranked = cand[np.lexsort((table["lo"][cand], table["hi"][cand], h[cand]))]
         held[ranked[:n]] = True
     return held
 
@@ -225,7 +235,10 @@ class Spill:
 
     @staticmethod
     def _read(path: Path, batch_rows: int) -> Iterator[Doc]:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
+        # no pre-buffering (Arrow's default would read every row group of the run up front) and
+        # one thread (the threaded reader decodes ahead): one row group per open run in memory
+        file = pq.ParquetFile(path, pre_buffer=False)
+        for batch in file.iter_batches(batch_size=batch_rows, use_threads=False):
             yield from (Doc(*row) for row in zip(*batch.to_pydict().values(), strict=True))
 
     def merged(self, batch_rows: int = 64) -> Iterator[Doc]:
