@@ -188,7 +188,7 @@ def _read(src: Source, units: list[Unit], params: Params, ctx: StageContext, cac
     read, skipped = 0, Counter()
     first = len(entries)
     limit = params.max_doc_chars
-    bucket: dict[str, int] = {}
+    of_path: dict[str, tuple[int, int]] = {}  # path -> (bucket, object code): once per object
     for unit in ctx.progress(units, len(units), f"ingest {src.name}"):
         todo = []
         for rel, version in unit.objects:
@@ -214,11 +214,11 @@ def _read(src: Source, units: list[Unit], params: Params, ctx: StageContext, cac
             if reason:
                 skipped[reason] += 1
                 continue
-            b = bucket.get(rec.path)
-            if b is None:
-                b = bucket[rec.path] = bucket_of(src.name, rec.path, params.buckets)
-            obj = entries.object_code(cache.identity(rec.path, versions[rec.path])
-                                      if unit.objects else None)
+            if rec.path not in of_path:
+                identity = cache.identity(rec.path, versions[rec.path]) if unit.objects else None
+                of_path[rec.path] = (bucket_of(src.name, rec.path, params.buckets),
+                                     entries.object_code(identity))
+            b, obj = of_path[rec.path]
             i = doc_id(src.name, rec.path, rec.index)
             text = rec.text[:limit]
             spill.add(Doc(b, i, src.name, unit.domain, rec.path, text))

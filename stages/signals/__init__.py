@@ -15,7 +15,6 @@ from functools import partial
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from pydantic import Field, field_validator
 
 from stages.params import StrictModel
@@ -124,6 +123,7 @@ def run(params: Params, ctx) -> dict:
     keys = {p: file_key(code, p) if cache_dir else None for p in shards}
     cached = {p: shard_cache.get(keys[p]) for p in shards}
     work = units([p for p in shards if cached[p] is None])
+    per_shard = Counter(u.path for u in work)
     total: dict = {"docs": Counter(), "langs": Counter(), "flags": Counter(), "sums": {}}
     rows, columns, computed = [], [], 0
     with ctx.executor() as pool:
@@ -140,7 +140,7 @@ def run(params: Params, ctx) -> dict:
             summary: dict = {"docs": Counter(), "langs": Counter(), "flags": Counter(),
                              "sums": {}}
             writer = None
-            for _ in range(max(1, pq.ParquetFile(path).num_row_groups)):  # its units, in order
+            for _ in range(per_shard[path]):  # its units' results, in order
                 table, s, fresh = next(results)
                 computed += cache.store(fresh)
                 if writer is None:
