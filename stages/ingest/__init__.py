@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
 from stages.ingest.cache import ReadCache
-from stages.ingest.readers import REASONS, Unit, problem
+from stages.ingest.readers import REASONS, Unit
 from stages.ingest.sources import BuiltinSource, Source, resolve
 from stages.params import StrictModel
 from stages.runner import StageContext
@@ -210,9 +210,8 @@ def _read(src: Source, units: list[Unit], params: Params, ctx: StageContext, cac
         versions = dict(todo)
         for rec in unit.read(todo, cache) if unit.objects else unit.read():
             read += 1
-            reason = rec.reason or problem(rec.text)
-            if reason:
-                skipped[reason] += 1
+            if rec.reason:  # final where the record was made (`readers.document`)
+                skipped[rec.reason] += 1
                 continue
             if rec.path not in of_path:
                 identity = cache.identity(rec.path, versions[rec.path]) if unit.objects else None

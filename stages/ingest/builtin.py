@@ -11,7 +11,7 @@ import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 
-from stages.ingest.readers import Record, Unit, decode
+from stages.ingest.readers import Record, Unit, decode_document, document
 
 PARTS = ("docstrings", "pydoc_topics", "dist_docs", "stdlib_code")
 # Not stdlib code: tests, installed packages, caches, and `pydoc_data` (the topics as Python
@@ -45,7 +45,7 @@ def _stdlib_files() -> list[tuple[str, Path]]:
 
 def _stdlib_code() -> Iterator[Record]:
     for rel, f in _stdlib_files():
-        yield decode(f"stdlib:{rel}", 0, f.read_bytes())
+        yield decode_document(f"stdlib:{rel}", 0, f.read_bytes())
 
 
 def _docstrings() -> Iterator[Record]:
@@ -59,14 +59,14 @@ def _docstrings() -> Iterator[Record]:
             continue
         docs = (ast.get_docstring(n) for n in ast.walk(tree) if isinstance(n, _DOC_NODES))
         for i, doc in enumerate(d for d in docs if d is not None):
-            yield Record(path, i, doc)
+            yield document(path, i, doc)
 
 
 def _pydoc_topics() -> Iterator[Record]:
     from pydoc_data.topics import topics
 
     for name in sorted(topics):
-        yield Record(f"pydoc:{name}", 0, topics[name])
+        yield document(f"pydoc:{name}", 0, topics[name])
 
 
 def _dist_docs() -> Iterator[Record]:
@@ -81,10 +81,10 @@ def _dist_docs() -> Iterator[Record]:
     for name in sorted(dists):
         dist = dists[name]
         meta = dist.metadata
-        yield Record(
+        yield document(
             f"dist:{name}/METADATA", 0, meta.get_payload() or meta.get("Description") or ""
         )
         for rel in sorted(str(f) for f in dist.files or ()):
             file = Path(dist.locate_file(rel))
             if rel.endswith((".md", ".rst")) and not rel.startswith("..") and file.is_file():
-                yield decode(f"dist:{name}/{rel}", 0, file.read_bytes())
+                yield decode_document(f"dist:{name}/{rel}", 0, file.read_bytes())

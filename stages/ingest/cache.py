@@ -7,7 +7,7 @@ object, with the object's size and content hash; `<source>.json` there is the so
 path -> size, mtime or ETag, sha256 of the bytes, cache file. A record read from the cache is the
 record parsing the object would give (the key includes the reader code's hash), so a refresh's
 outputs are byte-identical to a from-scratch run's; only the work differs (counted in the log).
-Each record also keeps its final skip reason (`readers.problem` included) and its length, so an
+Each record also keeps its final skip reason (`readers.document`) and its length, so an
 unchanged object's documents are known (`meta`) without reading their text.
 """
 
@@ -59,7 +59,7 @@ class ReadCache:
 
     def meta(self, rel: str, version: str) -> pa.Table | None:
         """The object's records without their text if it is unchanged since it was cached
-        (version: size + mtime or ETag), else None: skip reason (`problem` applied), length and
+        (version: size + mtime or ETag), else None: skip reason, length and
         doc id halves (`id_hi`, `id_lo`) per record. Counts a hit."""
         if self.directory is None:
             return None
@@ -75,7 +75,7 @@ class ReadCache:
         return file.read(columns=["reason", "n_chars", "id_hi", "id_lo"])
 
     def records(self, rel: str, version: str) -> list[Record]:
-        """The cached object's records (reasons final: `problem` applied)."""
+        """The cached object's records."""
         table = pq.read_table(self._file(rel, version), columns=list(Record._fields))
         return [Record(*row) for row in zip(*table.to_pydict().values(), strict=True)]
 
@@ -92,7 +92,7 @@ class ReadCache:
         table = pa.table({
             "path": [r.path for r in records], "index": [r.index for r in records],
             "text": [r.text for r in records],
-            "reason": [r.reason or readers.problem(r.text) for r in records],
+            "reason": [r.reason for r in records],
             "n_chars": [len(r.text) if r.text is not None else 0 for r in records],
             "id_hi": [int(i[:16], 16) for i in ids], "id_lo": [int(i[16:], 16) for i in ids]},
             schema=SCHEMA)

@@ -1,4 +1,5 @@
-"""Bytes and values to documents: each record is either text or the reason it was skipped."""
+"""Bytes and values to documents: each record is either text or the reason it was skipped
+(final where the record is made: `document`)."""
 
 from __future__ import annotations
 
@@ -61,7 +62,15 @@ def problem(text: str) -> str | None:
     return "binary" if looks_binary(text) else None
 
 
+def document(path: str, index: int, text: str) -> Record:
+    """A decoded text as a record whose reason is final: the text, or why it is not a document.
+    Every reader makes its texts' records here, so the check runs once per record."""
+    reason = problem(text)
+    return Record(path, index, None if reason else text, reason)
+
+
 def decode(path: str, index: int, data: bytes) -> Record:
+    """Bytes as UTF-8 text (not yet checked as a document: see `decode_document`)."""
     if looks_binary(data):
         return Record(path, index, None, "binary")
     try:
@@ -70,11 +79,17 @@ def decode(path: str, index: int, data: bytes) -> Record:
         return Record(path, index, None, "undecodable")
 
 
+def decode_document(path: str, index: int, data: bytes) -> Record:
+    """A whole file's bytes as one document's record."""
+    rec = decode(path, index, data)
+    return rec if rec.text is None else document(path, index, rec.text)
+
+
 def field_values(path: str, values: Iterable[object]) -> Iterator[Record]:
     """Rows of a table column: strings are texts, anything else lacks the text field."""
     for i, value in enumerate(values):
         if isinstance(value, str):
-            yield Record(path, i, value)
+            yield document(path, i, value)
         else:
             yield Record(path, i, None, "missing_text_field")
 
@@ -90,7 +105,7 @@ def parse_file(path: str, data: bytes, text_field: str) -> Iterator[Record]:
             return
         name = name[:-3]
     if name.endswith(TEXT_EXTS):
-        yield decode(path, 0, data)
+        yield decode_document(path, 0, data)
     elif name.endswith(".jsonl"):
         yield from _jsonl(path, data, text_field)
     elif name.endswith(".parquet"):
@@ -117,7 +132,7 @@ def _jsonl(path: str, data: bytes, text_field: str) -> Iterator[Record]:
             continue
         value = obj.get(text_field) if isinstance(obj, dict) else None
         if isinstance(value, str):
-            yield Record(path, i, value)
+            yield document(path, i, value)
         else:
             yield Record(path, i, None, "missing_text_field")
 
