@@ -5,7 +5,7 @@ import random
 from pathlib import Path
 
 import pytest
-from dvc.utils.serialize._yaml import dumps_yaml
+from dvc.utils.serialize import dumps_yaml  # the text of `dump_yaml`, DVC's lock-file writer
 from ruamel.yaml import YAML
 
 from orchestration import lock_yaml
