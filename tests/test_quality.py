@@ -98,6 +98,25 @@ def test_textbook_positives_and_a_clear_error_when_too_few(tmp_path):
         run(root, "signals", "quality")
 
 
+def test_labelled_sample_is_capped_per_class_and_every_document_still_scored(trained, tmp_path):
+    # the classifier's memory is bounded by the cap, not the corpus: a seeded sample of each
+    # class (120 reference docs, 120 of 240 spam as negatives) of 50, 10 of each held out
+    positives = {"sources": ["reference"], "textbook_top_fraction": 0.0}
+    root = make_root(tmp_path / "capped", corpus(),
+                     quality={"max_per_class": 50, "positives": positives})
+    _, m = run(root, "signals", "quality")
+    prose = m["domains"]["prose"]
+    assert prose["train"] == {"positives": 40, "negatives": 40}
+    assert prose["heldout"]["docs"] == 20 and prose["heldout"]["positives"] == 10
+    assert prose["heldout"]["roc_auc"] >= 0.95  # 40 examples a class still separate them
+    assert m["docs"] == 360
+    assert read_dir(root / "data/quality/scores")["doc_id"].to_pylist() == read_dir(
+        trained[0] / "data/quality/scores")["doc_id"].to_pylist()
+    before = file_bytes(root / "data/quality")
+    run(root, "quality")  # the sample is seeded
+    assert file_bytes(root / "data/quality") == before
+
+
 def test_classifier_is_its_own_versioned_output():
     # filter thresholds are not the classifier's params (no retraining); its own params are
     quality, filt = stage("quality"), stage("filter")
