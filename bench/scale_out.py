@@ -11,8 +11,9 @@
 2. Growth: the data stages `ingest` → `dedup` (2 local workers) on a synthetic corpus of 1x, 4x
    and 16x the built-in prose (copies with a word changed per copy, as local files; ingest spill
    runs of 2 M characters, so every size spills; quality's labelled sample capped at 1,000 per
-   class): peak memory of the largest process (ru_maxrss of the stage's process tree) and
-   seconds per document (goal: memory flat within 20%, time linear).
+   class; no filter rules, so `dedup` sees every copy): peak memory of the largest process
+   (ru_maxrss of the stage's process tree) and seconds per document (goal: memory flat within
+   20%, time linear).
 3. Refresh: 16 variants of the built-in prose (`--refresh-scale`) as 100 local files; `ingest` +
    `signals` from scratch (no caches) against a refresh after one more file (1% new documents)
    with the ingest and document caches warm (goal: <= 10% of the from-scratch time). Outputs are
@@ -153,7 +154,9 @@ def synthetic_project(work: Path, name: str, texts: list[str], factor: int,
         "heldout_min_per_domain": 0},
         # quality's classifier trains on a capped labelled sample: this cap binds from 2x on, so
         # what is left to grow is the per-document state (the default, 20,000, binds at ~200k)
-        quality={"max_per_class": 1000})
+        quality={"max_per_class": 1000},
+        # no filter rules: the copies would fail the repetition rules, leaving `dedup` ~1% of them
+        filter={"apply": {"prose": [], "code": []}})
     return root, corpus
 
 

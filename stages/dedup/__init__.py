@@ -362,7 +362,7 @@ def _run(params: Params, ctx, pool: Executor) -> dict:
         rank = index.copy()
     else:  # longest first, then smallest doc_id
         rank = np.empty(n, dtype=np.int64)
-        rank[np.lexsort((doc_ids.astype(str), -cat["n_chars"]))] = index
+        rank[np.lexsort((doc_ids.astype("S"), -cat["n_chars"]))] = index  # ids: hex ASCII
 
     contaminated = cat["hits"] > 0
     alive = np.flatnonzero(~contaminated)
@@ -393,7 +393,7 @@ def _run(params: Params, ctx, pool: Executor) -> dict:
     weight[keep] = softdedup.weights(np.concatenate([np.zeros(0), *scores]), sd.clip)
 
     # Pass 4: write the kept documents with their weights, collecting the examples' texts.
-    by_weight = np.flatnonzero(keep)[np.lexsort((doc_ids[keep].astype(str), weight[keep]))]
+    by_weight = np.flatnonzero(keep)[np.lexsort((doc_ids[keep].astype("S"), weight[keep]))]
     examples = {
         "exact": report.largest_groups(exact_rep, exact_dup, doc_ids, params.examples),
         "near": report.largest_groups(near_rep, near_dup, doc_ids, params.examples, cat["sig"]),

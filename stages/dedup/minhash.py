@@ -24,24 +24,25 @@ def candidate_pairs(sig: np.ndarray, bands: int, rows: int) -> tuple[np.ndarray,
 
     Within a bucket each member is paired with the bucket's first member and with its
     predecessor, so a bucket of m documents gives at most 2m pairs (not m²) and stays connected.
+    The pairs are merged band by band, so memory holds the distinct pairs, not one copy of them
+    per band (a heavily duplicated corpus repeats most pairs in every band).
     """
     n = len(sig)
+    codes = np.zeros(0, dtype=np.int64)
     if n < 2:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    found = []
+        return codes, codes
     for band in range(bands):
         key = np.full(n, np.uint64(band))
         for col in sig[:, band * rows : (band + 1) * rows].T:
             key = mix64(key * _GOLD + col.astype(np.uint64))
         order = np.argsort(key, kind="stable")
         same = key[order][1:] == key[order][:-1]
-        found.append(np.stack([order[:-1][same], order[1:][same]]))
         group = np.cumsum(np.r_[True, ~same]) - 1
         anchor = order[np.flatnonzero(np.r_[True, ~same])][group]
         inner = np.r_[False, same]
-        found.append(np.stack([anchor[inner], order[inner]]))
-    a, b = np.concatenate(found, axis=1).astype(np.int64)
-    codes = np.unique(np.minimum(a, b) * n + np.maximum(a, b))
+        a = np.r_[order[:-1][same], anchor[inner]].astype(np.int64)
+        b = np.r_[order[1:][same], order[inner]].astype(np.int64)
+        codes = np.union1d(codes, np.minimum(a, b) * n + np.maximum(a, b))
     return codes // n, codes % n
 
 
