@@ -283,14 +283,19 @@ def _kept_tokens(path: Path, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return h, np.concatenate([[0], np.cumsum(counts[keep])])
 
 
-def _count(group: list[tuple[Path, np.ndarray]], params: SoftDedup) -> tuple[np.ndarray, int]:
+def _count(item: tuple[Path, list[tuple[Path, np.ndarray]]], params: SoftDedup
+           ) -> tuple[Path, int]:
+    """A group of units' n-gram counts, saved to scratch (a worker's tables travel as a file,
+    not as a pickled copy in the stage's process); returns the file and the token count."""
+    out, group = item
     tables = np.zeros((params.order, 1 << params.buckets_log2), dtype=np.uint32)
     total = 0
     for path, keep in group:
         h, offsets = _kept_tokens(path, keep)
         softdedup.count(tables, h, offsets)
         total += len(h)
-    return tables, total
+    np.save(out, tables)
+    return out, total
 
 
 def _score(item: tuple[Path, np.ndarray], lm: Path, total: int, params: SoftDedup) -> np.ndarray:
@@ -380,10 +385,12 @@ def _run(params: Params, ctx, pool: Executor) -> dict:
     sd = params.softdedup
     items = [(scratch / f"{u.name}.npz", keep[bounds[i] : bounds[i + 1]])
              for i, u in enumerate(work)]
-    groups = [items[i :: pool.workers] for i in range(min(pool.workers, len(items)))]
+    groups = [(scratch / f"counts-{i}.npy", items[i :: pool.workers])
+              for i in range(min(pool.workers, len(items)))]
     tables, total = np.zeros((sd.order, 1 << sd.buckets_log2), dtype=np.uint32), 0
-    for t, c in pool.map(partial(_count, params=sd), groups):
-        tables += t
+    for path, c in pool.map(partial(_count, params=sd), groups):
+        tables += np.load(path)
+        path.unlink()
         total += c
     np.save(scratch / "lm.npy", tables)
     del tables
