@@ -47,7 +47,7 @@ def tiny_root(tmp_path: Path) -> Path:
 def test_step_executor_is_chosen_by_configuration(tiny_root, monkeypatch):
     monkeypatch.delenv(EXECUTOR_ENV, raising=False)
     local = build_definitions(tiny_root).resolve_implicit_global_asset_job_def()
-    assert local.executor_def.name == "multi_or_in_process_executor"
+    assert local.executor_def.name == "multiprocess_forkserver"
     monkeypatch.setenv(EXECUTOR_ENV, "k8s")
     defs = build_definitions(tiny_root)
     job = defs.resolve_implicit_global_asset_job_def()
