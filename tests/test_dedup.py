@@ -297,3 +297,27 @@ def test_params_keep_defaults_to_longest_and_rejects_others():
     assert Params().keep == "longest"
     with pytest.raises(ValueError):
         Params(keep="last")
+
+
+def test_pairs_are_verified_in_bounded_runs_with_the_same_jaccards():
+    from stages.dedup import pair_jaccards
+
+    rng = np.random.default_rng(0)
+    sets = [np.unique(rng.integers(0, 60, rng.integers(1, 40))).astype(np.uint64)
+            for _ in range(50)]
+    a = rng.integers(0, 49, 200)
+    b = np.minimum(49, a + 1 + rng.integers(0, 10, 200))
+    calls = []
+
+    def sets_of(docs):
+        calls.append(len(docs))
+        return [sets[d] for d in docs]
+
+    whole = pair_jaccards(a, b, sets_of, 10**6)
+    assert calls == [len(np.unique(np.r_[a, b]))]
+    calls.clear()
+    bounded = pair_jaccards(a, b, sets_of, 8)  # 4 pairs a run: at most 8 documents' sets held
+    assert np.array_equal(bounded, whole) and max(calls) <= 8 and len(calls) == 50
+    truth = [len(np.intersect1d(sets[x], sets[y])) / len(np.union1d(sets[x], sets[y]))
+             for x, y in zip(a, b, strict=True)]
+    assert np.allclose(whole, truth)

@@ -191,6 +191,24 @@ def shingle_sets(h: np.ndarray, counts: np.ndarray, docs: np.ndarray, n: int
     return np.split(shingles, np.searchsorted(doc, np.arange(1, len(docs))))
 
 
+VERIFY_DOCS = 100_000  # documents whose shingle sets are held at once while pairs are verified
+
+
+def pair_jaccards(a: np.ndarray, b: np.ndarray, sets_of: Callable[[np.ndarray], list],
+                  max_docs: int) -> np.ndarray:
+    """True shingle Jaccard of every candidate pair (a[i], b[i]), verified in runs of consecutive
+    pairs that involve at most `max_docs` documents: the shingle sets held (~1 KB a document)
+    stay bounded however many documents have near duplicates. `sets_of(docs)` reads them."""
+    out = np.empty(len(a))
+    step = max(1, max_docs // 2)
+    for lo in range(0, len(a), step):
+        part = slice(lo, lo + step)
+        involved = np.unique(np.r_[a[part], b[part]])
+        sets = dict(zip(involved.tolist(), sets_of(involved), strict=True))
+        out[part] = minhash.jaccard(sets, a[part], b[part])
+    return out
+
+
 def duplicates(alive: np.ndarray, exact: np.ndarray, sig: np.ndarray, shingled: np.ndarray,
                rank: np.ndarray, params: Params, shingles: Callable[[np.ndarray], list]
                ) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -209,9 +227,7 @@ def duplicates(alive: np.ndarray, exact: np.ndarray, sig: np.ndarray, shingled: 
     exact_rep[live] = live[_representatives(exact_group, rank[live])]
     cands = np.flatnonzero(alive & (exact_rep == index) & shingled)
     a, b = minhash.candidate_pairs(sig[cands], *params.lsh_shape())
-    involved = np.unique(np.r_[a, b])
-    sets = dict(zip(involved.tolist(), shingles(cands[involved]), strict=True))
-    pair_jaccard = minhash.jaccard(sets, a, b)
+    pair_jaccard = pair_jaccards(a, b, lambda docs: shingles(cands[docs]), VERIFY_DOCS)
     verified = pair_jaccard >= params.jaccard_threshold
     near_rep = index.copy()
     root = minhash.components(len(cands), a[verified], b[verified])
