@@ -378,6 +378,7 @@ def _run(params: Params, ctx, pool: Executor) -> dict:
     doc_ids = np.array([d for s in scanned for d in s["doc_id"]], dtype=object)
     cat = {k: np.concatenate([v, *(s[k] for s in scanned)]) for k, v in _empty(params).items()
            if k not in ("h", "counts")}
+    del scanned  # the per-unit copies (signatures: 0.45 KB a document)
     n, index = len(doc_ids), np.arange(len(doc_ids))
     if params.keep == "first":  # input order: shards by name, rows in order
         rank = index.copy()
