@@ -95,6 +95,7 @@ def run(params: Params, ctx: StageContext) -> dict:
     order = shards.bucket_order(table)
     held_sorted = held[order]
     splits = {"corpus": False, "heldout": True}
+    split_of = {h: split for split, h in splits.items()}
     buckets, starts = np.unique(table["bucket"][order], return_index=True)
     spans = list(zip(buckets.tolist(), starts.tolist(), [*starts[1:].tolist(), len(order)],
                      strict=True))
@@ -122,7 +123,7 @@ def run(params: Params, ctx: StageContext) -> dict:
                 outputs[split].adopt(b, files, meta)
             continue
         for i, h in zip(order[lo:hi], held_sorted[lo:hi], strict=True):
-            split = "heldout" if h else "corpus"
+            split = split_of[bool(h)]
             want = shards.Entries.doc_id(table[i])
             doc = next((d for d in stream if d.bucket == b and d.doc_id == want), None)
             if doc is None:

@@ -177,8 +177,9 @@ def heldout_mask(entries: Entries, fraction: float, min_per_domain: int, seed: i
         idx = np.flatnonzero(table["domain"] == domain)
         hd = h[idx]
         below = hd < fraction
-        n = max(int(below.sum()), min(min_per_domain, len(idx) // 2))
-        if n == int(below.sum()):  # no top-up: exactly the hashes below the fraction
+        k = int(below.sum())
+        n = max(k, min(min_per_domain, len(idx) // 2))
+        if n == k:  # no top-up: exactly the hashes below the fraction
             held[idx[below]] = True
             continue
         # the n lowest hashes (ties: smaller doc id), ranking only the candidates up to the n-th
