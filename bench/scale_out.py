@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 import yaml  # noqa: E402
 
 from orchestration.dvc_cli import venv_env  # noqa: E402
-from tests.conftest import copy_project, stop_ray  # noqa: E402
+from tests.conftest import copy_project, ray_token_env, stop_ray  # noqa: E402
 from tests.curation_helpers import file_bytes  # noqa: E402
 
 GROWTH_STAGES = ("ingest", "signals", "quality", "filter", "dedup")
@@ -88,14 +88,15 @@ def executors(work: Path, skip_ray: bool, factors: list[int], repeats: int) -> d
     if not skip_ray:
         started = time.perf_counter()
         ray_dir = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
+        auth = ray_token_env(ray_dir)
         head = subprocess.run(["ray", "start", "--head", "--num-cpus", "2", "--include-dashboard",
                                "false", "--disable-usage-stats", "--temp-dir", str(ray_dir)],
-                              env=venv_env(), capture_output=True, text=True, check=True)
+                              env={**venv_env(), **auth}, capture_output=True, text=True,
+                              check=True)
         out["ray_start_s"] = time.perf_counter() - started
         said = head.stdout + head.stderr
         ray_address = said.split("ray start --address='")[1].split("'")[0]
-        runs.append(("ray2", 2, {"SLM_EXECUTOR": "ray", "RAY_ADDRESS": ray_address,
-                                 "RAY_AUTH_MODE": "token"}))
+        runs.append(("ray2", 2, {"SLM_EXECUTOR": "ray", "RAY_ADDRESS": ray_address, **auth}))
     try:
         for factor in factors:
             # no document cache: every timed run computes every document

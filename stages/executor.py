@@ -19,9 +19,13 @@ param, so switching changes no stage's identity: `dvc status` and Dagster's stal
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from functools import partial
+from itertools import islice
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -29,14 +33,18 @@ T = TypeVar("T")
 R = TypeVar("R")
 ENV = "SLM_EXECUTOR"
 ROOT = Path(__file__).resolve().parent.parent
+try:
+    _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to hand back
+    _malloc_trim = None
 
 
 class Executor(Protocol):
     workers: int  # how many items run at once
 
     def map(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
-        """Results in input order, fetched lazily; with workers, every item is submitted now, so
-        the caller can do other work while they run."""
+        """Results in input order, fetched lazily; with workers, the first items are submitted
+        now, so the caller can do other work while they run."""
 
     def __enter__(self) -> Executor: ...
     def __exit__(self, *exc) -> None: ...
@@ -51,12 +59,25 @@ class LocalProcesses:
         self._pool = None
 
     def map(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
-        items = list(items)
+        """`2 x workers` items in flight: one more is submitted as each result is taken, so
+        results waiting for a slower caller never pile up in this process (a queue of every
+        item's result grew with the corpus: dedup's scan at 16x held 170 MB of them)."""
+        items, call = list(items), partial(_call, fn)
         if self.workers <= 1 or len(items) <= 1:
-            return map(fn, items)
+            return map(call, items)
         if self._pool is None:
             self._pool = multiprocessing.get_context("spawn").Pool(self.workers)
-        return self._pool.imap(fn, items)
+        todo = iter(items)
+        running = deque(self._pool.apply_async(call, (item,))
+                        for item in islice(todo, 2 * self.workers))
+        return self._results(call, todo, running)
+
+    def _results(self, call: Callable[[T], R], todo: Iterator[T], running: deque
+                 ) -> Iterator[R]:
+        while running:
+            result = running.popleft().get()
+            running.extend(self._pool.apply_async(call, (item,)) for item in islice(todo, 1))
+            yield result
 
     def __enter__(self) -> LocalProcesses:
         return self
@@ -68,7 +89,14 @@ class LocalProcesses:
 
 
 def _call(fn: Callable[[T], R], item: T) -> R:
-    return fn(item)
+    """`fn(item)`, then the heap memory it freed handed back to the OS. glibc keeps freed blocks
+    for reuse, fragmented by the next item's different sizes, so a process running many items
+    grew with their count (dedup's scan at 16x the demo corpus: 57 MB held, free); Dask's
+    workers trim the same way."""
+    result = fn(item)
+    if _malloc_trim is not None:
+        _malloc_trim(0)
+    return result
 
 
 class RayTasks:

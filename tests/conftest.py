@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import subprocess
 from pathlib import Path
@@ -30,6 +31,18 @@ def sh(
         )
     return proc
 
+
+
+def ray_token_env(temp_dir: Path) -> dict[str, str]:
+    """The environment for a Ray cluster guarded by its own token (in `temp_dir`), for the
+    `ray start` of every node and every process that joins. Explicit, because `ray start --head`
+    turns token authentication on only when a token already exists (~/.ray/auth_token, which a
+    local `ray.init()` leaves behind): without this a fresh machine's head ran unguarded and
+    refused the nodes that presented a token."""
+    token = temp_dir / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    token.chmod(0o600)
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
 
 
 def stop_ray(temp_dir: Path) -> None:

@@ -236,6 +236,7 @@ def test_near_duplicate_recall_and_precision_across_jaccard():
     from functools import partial
 
     from stages.dedup import duplicates, scan_texts, shingle_sets
+    from stages.dedup.minhash import band_keys
 
     rng = np.random.default_rng(11)
     texts = []
@@ -249,7 +250,8 @@ def test_near_duplicate_recall_and_precision_across_jaccard():
     scanned = scan_texts(texts, np.zeros(0, np.uint64), params, seed=0)
     shingles = partial(shingle_sets, scanned["h"], scanned["counts"], n=params.shingle_size)
     n = len(texts)
-    _, near_rep, lsh = duplicates(np.ones(n, bool), scanned["exact"], scanned["sig"],
+    keys = band_keys(scanned["sig"], *params.lsh_shape())
+    _, near_rep, lsh = duplicates(np.ones(n, bool), scanned["exact"], lambda band: keys[band],
                                   scanned["shingled"], np.arange(n), params, shingles)
     sets = shingles(np.arange(n))
     true = np.array([len(np.intersect1d(sets[i], sets[i + 1])) / len(np.union1d(sets[i],

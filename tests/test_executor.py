@@ -18,7 +18,7 @@ import pytest
 from stages.executor import open_executor
 from stages.params import Runtime
 from stages.registry import STAGES
-from tests.conftest import sh, stop_ray
+from tests.conftest import ray_token_env, sh, stop_ray
 from tests.curation_helpers import docstrings, file_bytes, make_root, row, run, set_params
 
 pytestmark = pytest.mark.slow
@@ -29,28 +29,30 @@ TOKENIZE = {"corpus": "dedup", "vocab_size": 400, "seq_len": 64}  # no synth/mix
 @pytest.fixture(scope="module")
 def ray_cluster():
     """A Ray cluster of two nodes on this machine, one CPU each, started as a team would start
-    one (`ray start --head`, then `ray start --address` on a worker node); Ray's token
-    authentication (its default) guards the ports."""
+    one (`ray start --head`, then `ray start --address` on a worker node), its ports guarded by
+    a token of its own (`ray_token_env`)."""
     from orchestration.webserver import free_port
 
     port = free_port()
     temp_dir = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # short: Ray's socket paths
+    auth = ray_token_env(temp_dir)
     head = sh("ray", "start", "--head", "--port", str(port), "--num-cpus", "1",
               "--include-dashboard", "false", "--disable-usage-stats", "--temp-dir",
-              str(temp_dir), cwd=Path.cwd())
+              str(temp_dir), cwd=Path.cwd(), env=auth)
     address = re.search(r"ray start --address='([^']+)'", head.stdout + head.stderr).group(1)
-    saved = os.environ.get("RAY_AUTH_MODE")
-    os.environ["RAY_AUTH_MODE"] = "token"  # what joins the cluster presents its token
+    saved = {k: os.environ.get(k) for k in auth}
+    os.environ.update(auth)  # what joins the cluster (stages, the tests' drivers) presents it
     try:
         sh("ray", "start", "--address", address, "--num-cpus", "1", "--disable-usage-stats",
            cwd=Path.cwd())
         yield address
     finally:
         stop_ray(temp_dir)
-        if saved is None:
-            del os.environ["RAY_AUTH_MODE"]
-        else:
-            os.environ["RAY_AUTH_MODE"] = saved
+        for k, v in saved.items():
+            if v is None:
+                del os.environ[k]
+            else:
+                os.environ[k] = v
 
 
 def _square_dying_once(marker: Path, item: int) -> int:

@@ -15,9 +15,10 @@ Which member of a duplicate group is kept is `keep`: `longest` (default; ties: s
 or `first`, the earliest in input order (shard order, then row order), which is what datatrove's
 MinHash dedup keeps.
 
-Memory: per document only its signature and a few scalars stay in memory (the LSH index); texts
-are streamed shard by shard, and tokens go through scratch files between passes (the candidate
-pairs' shingles are rebuilt from them for verification).
+Memory: per document only a few scalars stay in memory (~0.2 KB with the grouping's transients);
+texts are streamed shard by shard; signatures, their LSH band keys and the tokens go to scratch
+files per unit, read back one band at a time for the candidate pairs, for the candidates only
+when pairs are verified (shingles rebuilt from the tokens) and for the report's examples.
 """
 
 from __future__ import annotations
@@ -209,13 +210,14 @@ def pair_jaccards(a: np.ndarray, b: np.ndarray, sets_of: Callable[[np.ndarray], 
     return out
 
 
-def duplicates(alive: np.ndarray, exact: np.ndarray, sig: np.ndarray, shingled: np.ndarray,
-               rank: np.ndarray, params: Params, shingles: Callable[[np.ndarray], list]
-               ) -> tuple[np.ndarray, np.ndarray, dict]:
+def duplicates(alive: np.ndarray, exact: np.ndarray, keys: Callable[[int], np.ndarray],
+               shingled: np.ndarray, rank: np.ndarray, params: Params,
+               shingles: Callable[[np.ndarray], list]) -> tuple[np.ndarray, np.ndarray, dict]:
     """Representatives among the `alive` documents: exact groups first, then MinHash near groups
-    of what survives; each group keeps its member with the smallest `rank`. `shingles(docs)`
-    gives the documents' sorted unique shingle hashes (`shingle_sets`), for the true Jaccard of
-    every candidate pair.
+    of what survives; each group keeps its member with the smallest `rank`. `keys(band)` gives
+    every document's LSH bucket key in a band (`minhash.band_keys`), one band at a time;
+    `shingles(docs)` the documents' sorted unique shingle hashes (`shingle_sets`), for the true
+    Jaccard of every candidate pair.
 
     Returns (exact_rep, near_rep, lsh) where `x_rep[i] != i` marks document i as a duplicate of
     `x_rep[i]`, and `lsh` has the candidate and verified pair counts.
@@ -226,7 +228,8 @@ def duplicates(alive: np.ndarray, exact: np.ndarray, sig: np.ndarray, shingled: 
     exact_group = np.unique(exact[live], return_inverse=True)[1]
     exact_rep[live] = live[_representatives(exact_group, rank[live])]
     cands = np.flatnonzero(alive & (exact_rep == index) & shingled)
-    a, b = minhash.candidate_pairs(sig[cands], *params.lsh_shape())
+    bands, _ = params.lsh_shape()
+    a, b = minhash.candidate_pairs((keys(band)[cands] for band in range(bands)), len(cands))
     pair_jaccard = pair_jaccards(a, b, lambda docs: shingles(cands[docs]), VERIFY_DOCS)
     verified = pair_jaccard >= params.jaccard_threshold
     near_rep = index.copy()
@@ -239,10 +242,11 @@ def duplicates(alive: np.ndarray, exact: np.ndarray, sig: np.ndarray, shingled: 
 
 def _scan(unit: Unit, scratch: Path, params: Params, seed: int, cache: DocCache
           ) -> tuple[dict, list[Fresh]]:
-    """Pass 1 over a unit: contamination, exact keys, MinHash signatures (those of texts seen
-    before from the document cache); tokens to scratch. Returns the newly computed rows too."""
+    """Pass 1 over a unit: contamination and exact keys back to the stage; MinHash signatures
+    (those of texts seen before from the document cache), their LSH band keys and the tokens to
+    scratch (`Scratch`). Returns the newly computed rows too."""
     heldout = np.load(scratch / "heldout.npy")
-    parts: dict[str, list] = {"doc_id": [], **{k: [v] for k, v in _empty(params).items()}}
+    parts: dict[str, list] = {k: [v] for k, v in _empty(params).items()}
     fresh = []
     for table in unit.read(["doc_id", "text", "n_chars"]):
         texts = [t or "" for t in table["text"].to_pylist()]
@@ -252,12 +256,16 @@ def _scan(unit: Unit, scratch: Path, params: Params, seed: int, cache: DocCache
         features = _features(merged, params.num_perm)
         features["hits"] = heldout_hits(features["h"], features["counts"], heldout,
                                         params.decontam_ngram)
-        parts["doc_id"] += table["doc_id"].to_pylist()
+        parts["doc_id"].append(np.array([d.encode() for d in table["doc_id"].to_pylist()],
+                                        dtype="S"))
         parts["n_chars"].append(table["n_chars"].to_numpy())
         for key, value in features.items():
             parts[key].append(value)
-    out = {k: (v if k == "doc_id" else np.concatenate(v)) for k, v in parts.items()}
+    out = {k: np.concatenate(v) for k, v in parts.items()}
     np.savez(scratch / f"{unit.name}.npz", h=out.pop("h"), counts=out.pop("counts"))
+    sig = out.pop("sig")
+    np.save(scratch / f"{unit.name}.sig.npy", sig)
+    np.save(scratch / f"{unit.name}.keys.npy", minhash.band_keys(sig, *params.lsh_shape()))
     return out, fresh
 
 
@@ -270,23 +278,44 @@ def lsh_report(params: Params) -> dict:
         for j in points}}
 
 
-def _unit_shingles(docs: np.ndarray, scratch: Path, units: list[Unit], bounds: np.ndarray,
-                   n: int) -> list[np.ndarray]:
-    """`shingle_sets` of documents by global index, from each unit's scratch word hashes."""
-    unit = np.searchsorted(bounds, docs, side="right") - 1
-    out: list = [None] * len(docs)
-    for u in np.unique(unit).tolist():
-        data = np.load(scratch / f"{units[u].name}.npz")
-        sel = np.flatnonzero(unit == u)
-        for i, found in zip(sel.tolist(), shingle_sets(data["h"], data["counts"],
-                                                         docs[sel] - bounds[u], n), strict=True):
-            out[i] = found
-    return out
+class Scratch:
+    """What pass 1 left on disk per unit, read by global document index (units in order,
+    `bounds` their first rows): LSH band keys one band at a time, signatures, shingle sets.
+    Only what is asked for is in memory, never every document's signature."""
+
+    def __init__(self, folder: Path, units: list[Unit], bounds: np.ndarray, shingle_size: int):
+        self.folder, self.units, self.bounds, self.n = folder, units, bounds, shingle_size
+
+    def _file(self, u: int, kind: str) -> Path:
+        return self.folder / f"{self.units[u].name}.{kind}"
+
+    def keys(self, band: int) -> np.ndarray:
+        """Every document's bucket key in one LSH band."""
+        return np.concatenate([np.zeros(0, np.uint64)] + [
+            np.load(self._file(u, "keys.npy"), mmap_mode="r")[band]
+            for u in range(len(self.units))])
+
+    def signature(self, doc: int) -> np.ndarray:
+        u = int(np.searchsorted(self.bounds, doc, side="right")) - 1
+        return np.array(np.load(self._file(u, "sig.npy"), mmap_mode="r")[doc - self.bounds[u]])
+
+    def shingles(self, docs: np.ndarray) -> list[np.ndarray]:
+        """`shingle_sets` of the documents, from each unit's scratch word hashes."""
+        unit = np.searchsorted(self.bounds, docs, side="right") - 1
+        out: list = [None] * len(docs)
+        for u in np.unique(unit).tolist():
+            data = np.load(self._file(u, "npz"))
+            sel = np.flatnonzero(unit == u)
+            for i, found in zip(sel.tolist(), shingle_sets(
+                    data["h"], data["counts"], docs[sel] - self.bounds[u], self.n), strict=True):
+                out[i] = found
+        return out
 
 
 def _empty(params: Params) -> dict[str, np.ndarray]:
     """Zero-row versions of the per-document arrays of a scan (and of its scratch tokens)."""
-    return {"n_chars": np.zeros(0, np.int64), "exact": np.zeros(0, np.uint64),
+    return {"doc_id": np.zeros(0, "S1"), "n_chars": np.zeros(0, np.int64),
+            "exact": np.zeros(0, np.uint64),
             "sig": np.zeros((0, params.num_perm), np.uint32), "shingled": np.zeros(0, bool),
             "hits": np.zeros(0, np.int64), "h": np.zeros(0, np.uint64),
             "counts": np.zeros(0, np.int64)}
@@ -312,6 +341,20 @@ def _count(item: tuple[Path, list[tuple[Path, np.ndarray]]], params: SoftDedup
         total += len(h)
     np.save(out, tables)
     return out, total
+
+
+def _sum_tables(parts: list[Path], out: Path, shape: tuple[int, int]) -> None:
+    """The workers' count tables summed into `out` a slice at a time (4 MB): memory never holds
+    a whole table (64 MB each by default), let alone one per worker."""
+    np.lib.format.open_memmap(out, mode="w+", dtype=np.uint32, shape=shape).flush()
+    step, size = 1 << 20, shape[0] * shape[1]
+    for lo in range(0, size, step):
+        total = np.zeros(min(step, size - lo), dtype=np.uint32)
+        for part in parts:
+            total += np.load(part, mmap_mode="r").reshape(-1)[lo : lo + step]
+        np.load(out, mmap_mode="r+").reshape(-1)[lo : lo + step] = total
+    for part in parts:
+        part.unlink()
 
 
 def _score(item: tuple[Path, np.ndarray], lm: Path, total: int, params: SoftDedup) -> np.ndarray:
@@ -375,23 +418,22 @@ def _run(params: Params, ctx, pool: Executor) -> dict:
         scanned.append(result)
         computed += cache.store(fresh)
     bounds = np.cumsum([0] + [len(s["doc_id"]) for s in scanned])  # rows of each unit
-    doc_ids = np.array([d for s in scanned for d in s["doc_id"]], dtype=object)
     cat = {k: np.concatenate([v, *(s[k] for s in scanned)]) for k, v in _empty(params).items()
-           if k not in ("h", "counts")}
-    del scanned  # the per-unit copies (signatures: 0.45 KB a document)
+           if k not in ("h", "counts", "sig")}
+    del scanned  # the per-unit copies
+    doc_ids = cat.pop("doc_id")  # bytes (UTF-8): their order is the ids' order as text
     n, index = len(doc_ids), np.arange(len(doc_ids))
     if params.keep == "first":  # input order: shards by name, rows in order
         rank = index.copy()
     else:  # longest first, then smallest doc_id
         rank = np.empty(n, dtype=np.int64)
-        rank[np.lexsort((doc_ids.astype("S"), -cat["n_chars"]))] = index  # ids: hex ASCII
+        rank[np.lexsort((doc_ids, -cat["n_chars"]))] = index
 
     contaminated = cat["hits"] > 0
     alive = np.flatnonzero(~contaminated)
-    exact_rep, near_rep, lsh = duplicates(
-        ~contaminated, cat["exact"], cat["sig"], cat["shingled"], rank, params,
-        partial(_unit_shingles, scratch=scratch, units=work, bounds=bounds,
-                n=params.shingle_size))
+    on_disk = Scratch(scratch, work, bounds, params.shingle_size)
+    exact_rep, near_rep, lsh = duplicates(~contaminated, cat["exact"], on_disk.keys,
+                                          cat["shingled"], rank, params, on_disk.shingles)
     exact_dup, near_dup, cands = exact_rep != index, near_rep != index, lsh["candidates"]
     keep = ~contaminated & ~exact_dup & ~near_dup
     ctx.log.info("dedup: %d contaminated, %d exact and %d near duplicates of %d documents; "
@@ -404,23 +446,21 @@ def _run(params: Params, ctx, pool: Executor) -> dict:
              for i, u in enumerate(work)]
     groups = [(scratch / f"counts-{i}.npy", items[i :: pool.workers])
               for i in range(min(pool.workers, len(items)))]
-    tables, total = np.zeros((sd.order, 1 << sd.buckets_log2), dtype=np.uint32), 0
-    for path, c in pool.map(partial(_count, params=sd), groups):
-        tables += np.load(path)
-        path.unlink()
-        total += c
-    np.save(scratch / "lm.npy", tables)
-    del tables
+    counted = list(pool.map(partial(_count, params=sd), groups))
+    total = sum(c for _, c in counted)
+    _sum_tables([path for path, _ in counted], scratch / "lm.npy",
+                (sd.order, 1 << sd.buckets_log2))
     score = partial(_score, lm=scratch / "lm.npy", total=total, params=sd)
     scores = list(ctx.progress(pool.map(score, items), len(items), "dedup weights"))
     weight = np.zeros(n)
     weight[keep] = softdedup.weights(np.concatenate([np.zeros(0), *scores]), sd.clip)
 
     # Pass 4: write the kept documents with their weights, collecting the examples' texts.
-    by_weight = np.flatnonzero(keep)[np.lexsort((doc_ids[keep].astype("S"), weight[keep]))]
+    by_weight = np.flatnonzero(keep)[np.lexsort((doc_ids[keep], weight[keep]))]
     examples = {
         "exact": report.largest_groups(exact_rep, exact_dup, doc_ids, params.examples),
-        "near": report.largest_groups(near_rep, near_dup, doc_ids, params.examples, cat["sig"]),
+        "near": report.largest_groups(near_rep, near_dup, doc_ids, params.examples,
+                                     on_disk.signature),
         "decontaminated": [{"index": i, "heldout_ngram_hits": int(cat["hits"][i])}
                            for i in report.first_by_id(contaminated, doc_ids, params.examples)],
         "lowest_weight": [{"index": int(i), "weight": float(weight[i])}

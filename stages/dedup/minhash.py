@@ -3,6 +3,8 @@ shingle Jaccard, union-find."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 from rensa import RMinHash
 
@@ -19,22 +21,31 @@ def signatures(shingles: np.ndarray, rows: np.ndarray, num_perm: int, seed: int)
     return np.array(matrix.to_rows(), dtype=np.uint32).reshape(len(rows) - 1, num_perm)
 
 
-def candidate_pairs(sig: np.ndarray, bands: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs (a < b) sharing an LSH bucket in any band, without repeats.
+def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """(bands, docs) uint64 LSH bucket keys: band b hashes signature columns b*rows..(b+1)*rows
+    (and b, so equal columns in different bands are different buckets)."""
+    keys = np.empty((bands, len(sig)), dtype=np.uint64)
+    for band in range(bands):
+        key = np.full(len(sig), np.uint64(band))
+        for col in sig[:, band * rows : (band + 1) * rows].T:
+            key = mix64(key * _GOLD + col.astype(np.uint64))
+        keys[band] = key
+    return keys
+
+
+def candidate_pairs(keys: Iterable[np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (a < b) of the n documents sharing an LSH bucket in any band, without repeats;
+    `keys` gives each band's bucket keys (`band_keys`), one band at a time.
 
     Within a bucket each member is paired with the bucket's first member and with its
     predecessor, so a bucket of m documents gives at most 2m pairs (not m²) and stays connected.
-    The pairs are merged band by band, so memory holds the distinct pairs, not one copy of them
-    per band (a heavily duplicated corpus repeats most pairs in every band).
+    The pairs are merged band by band, so memory holds one band's keys and the distinct pairs,
+    not one copy of them per band (a heavily duplicated corpus repeats most pairs in every band).
     """
-    n = len(sig)
     codes = np.zeros(0, dtype=np.int64)
     if n < 2:
         return codes, codes
-    for band in range(bands):
-        key = np.full(n, np.uint64(band))
-        for col in sig[:, band * rows : (band + 1) * rows].T:
-            key = mix64(key * _GOLD + col.astype(np.uint64))
+    for key in keys:
         order = np.argsort(key, kind="stable")
         same = key[order][1:] == key[order][:-1]
         group = np.cumsum(np.r_[True, ~same]) - 1

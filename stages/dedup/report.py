@@ -7,6 +7,7 @@ final pass over the shards, so the report costs no extra read.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,27 +21,27 @@ def sizes(rep: np.ndarray, members: np.ndarray) -> dict[int, int]:
 
 
 def largest_groups(rep: np.ndarray, removed: np.ndarray, doc_ids: np.ndarray, k: int,
-                   sig: np.ndarray | None = None) -> list[dict]:
-    """The k largest groups: their kept document and up to three removed ones."""
+                   signature: Callable[[int], np.ndarray] | None = None) -> list[dict]:
+    """The k largest groups (ties: smallest doc_id): their kept document and up to three removed
+    ones, with the signatures' Jaccard estimate when `signature(doc)` is given."""
     reps, counts = np.unique(rep[removed], return_counts=True)
-    chosen = sorted(range(len(reps)), key=lambda i: (-counts[i], doc_ids[reps[i]]))[:k]
     out = []
-    for i in chosen:
+    for i in np.lexsort((doc_ids[reps], -counts))[:k].tolist():
         kept = int(reps[i])
         gone = np.flatnonzero(removed & (rep == kept))
-        gone = sorted(gone.tolist(), key=lambda j: doc_ids[j])[:3]
+        gone = gone[np.argsort(doc_ids[gone], kind="stable")[:3]].tolist()
         out.append({
             "size": int(counts[i]) + 1,
             "kept": {"index": kept},
-            "removed": [{"index": j} | ({} if sig is None else
-                                        {"jaccard_estimate": float((sig[kept] == sig[j]).mean())})
-                        for j in gone],
+            "removed": [{"index": j} | ({} if signature is None else {"jaccard_estimate": float(
+                (signature(kept) == signature(j)).mean())}) for j in gone],
         })
     return out
 
 
 def first_by_id(candidates: np.ndarray, doc_ids: np.ndarray, k: int) -> list[int]:
-    return sorted(np.flatnonzero(candidates).tolist(), key=lambda j: doc_ids[j])[:k]
+    found = np.flatnonzero(candidates)
+    return found[np.argsort(doc_ids[found], kind="stable")[:k]].tolist()
 
 
 def indices(node: Any) -> set[int]:
@@ -58,7 +59,7 @@ def render(node: Any, doc_ids: np.ndarray, texts: dict[int, str]) -> Any:
     if isinstance(node, dict):
         out = {k: render(v, doc_ids, texts) for k, v in node.items() if k != "index"}
         if "index" in node:
-            out |= {"doc_id": doc_ids[node["index"]], "text": texts[node["index"]]}
+            out |= {"doc_id": doc_ids[node["index"]].decode(), "text": texts[node["index"]]}
         return out
     if isinstance(node, list):
         return [render(v, doc_ids, texts) for v in node]

@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from stages import dedup, signals
+from stages.dedup import minhash
 from stages.filter import Params as FilterParams
 from stages.filter import decide
 from stages.synth import problems
@@ -81,8 +82,9 @@ def duplicate_failures(texts: list[str], corpus_texts: Iterator[str], heldout: n
     live = np.r_[np.ones(m, bool), alive & ~contaminated]
     cat = {k: np.concatenate([corpus[k], gen[k]])
            for k in ("exact", "sig", "shingled", "h", "counts")}
+    keys = minhash.band_keys(cat["sig"], *params.lsh_shape())
     exact_rep, near_rep, _ = dedup.duplicates(
-        live, cat["exact"], cat["sig"], cat["shingled"], np.arange(m + n), params,
+        live, cat["exact"], lambda band: keys[band], cat["shingled"], np.arange(m + n), params,
         partial(dedup.shingle_sets, cat["h"], cat["counts"], n=params.shingle_size))
     index = np.arange(m, m + n)
     for kind, rep in (("exact", exact_rep[m:]), ("near", near_rep[m:])):

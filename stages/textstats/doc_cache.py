@@ -5,7 +5,9 @@ stage's params and code bytes: any change starts a new, empty version), stored i
 `runtime.doc_cache` (outside every output). Each batch of newly computed rows is kept as one
 Arrow IPC blob (same columns, same types as computing them) and every key points at its batch
 and row, so storing and reading back cost a few milliseconds per thousand documents. Workers
-only read; the stage's own process writes what they computed.
+only read; the stage's own process writes what they computed. Connections are closed when done
+(a `with connect()` block only commits: an unclosed connection kept its page cache until the
+garbage collector found it, ~2 MB per batch stored, so dedup's process grew with the corpus).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import hashlib
 import json
 import sqlite3
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 
 import pyarrow as pa
@@ -69,7 +72,8 @@ class DocCache:
         if self.path is None or not self.path.exists() or not keys:
             return None, {}
         try:
-            with sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=60) as db:
+            with closing(sqlite3.connect(f"file:{self.path}?mode=ro", uri=True,
+                                         timeout=60)) as db:
                 where: dict[bytes, tuple[int, int]] = {}
                 unique = sorted(set(keys))
                 for i in range(0, len(unique), 500):
@@ -109,7 +113,7 @@ class DocCache:
         batches = [f for f in batches if len(f)]
         if self.path is None or not batches:
             return sum(len(f) for f in batches)
-        with self._connect() as db:
+        with closing(self._connect()) as db, db:  # a transaction, then closed
             for fresh in batches:
                 batch = db.execute("INSERT INTO batches (ipc) VALUES (?)",
                                    (fresh.blob,)).lastrowid
