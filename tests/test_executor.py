@@ -122,3 +122,54 @@ def test_the_executor_is_runtime_not_identity(monkeypatch):
     monkeypatch.setenv("SLM_EXECUTOR", "spark")
     with pytest.raises(ValueError, match="unknown executor 'spark'"):
         open_executor(Runtime(), 1)
+
+
+def _mark_and_square(folder: Path, item: int) -> int:
+    (folder / str(item)).touch()
+    return item * item
+
+
+def test_local_workers_hold_a_bounded_number_of_items_in_flight(tmp_path):
+    """Items run ahead of the caller by at most 2 x workers (a slower caller never gets a queue
+    of every result), results come in input order, and all of them come."""
+    from functools import partial
+
+    from stages.executor import LocalProcesses
+
+    with LocalProcesses(2) as pool:
+        results = pool.map(partial(_mark_and_square, tmp_path), range(20))
+        deadline = time.monotonic() + 60
+        while len(list(tmp_path.iterdir())) < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)  # room for more to start, if anything would start them
+        assert len(list(tmp_path.iterdir())) == 4
+        assert list(results) == [i * i for i in range(20)]
+    assert len(list(tmp_path.iterdir())) == 20
+
+
+def test_the_document_cache_leaves_no_connection_open(tmp_path):
+    """Storing and reading close their SQLite connections (an unclosed one kept its page cache
+    until a garbage collection: the stage's process grew with every batch it stored)."""
+    import gc
+    import sqlite3
+
+    import pyarrow as pa
+
+    from stages.textstats.doc_cache import DocCache
+
+    def open_connections() -> int:
+        return sum(isinstance(o, sqlite3.Connection) for o in gc.get_objects())
+
+    cache = DocCache(tmp_path, "v1")
+    compute = lambda texts: pa.table({"n": [len(t) for t in texts]})  # noqa: E731
+    gc.collect()
+    gc.disable()
+    try:
+        before = open_connections()
+        for batch in (["a", "bb"], ["bb", "ccc"]):
+            table, fresh = cache.compute(batch, compute)
+            cache.store([fresh])
+            assert table["n"].to_pylist() == [len(t) for t in batch]
+        assert open_connections() == before
+    finally:
+        gc.enable()
