@@ -7,7 +7,8 @@ run time (`runtime.executor`, or the `SLM_EXECUTOR` environment variable), never
 param, so switching changes no stage's identity: `dvc status` and Dagster's staleness stay put.
 
 - `local`: `runtime.workers` spawned processes on this machine (one item or one worker: this
-  process).
+  process), at most `2 x workers` items ahead of the caller; after each item the heap memory it
+  freed goes back to the OS (glibc's `malloc_trim`).
 - `ray`: tasks on a Ray cluster: `runtime.ray_address` (or Ray's own `RAY_ADDRESS`) joins a
   running one (`ray start --head` on one node, `ray start --address` on the others), unset
   starts a local one for the stage with `runtime.workers` CPUs. One CPU per task; a task whose
