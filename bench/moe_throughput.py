@@ -1,7 +1,8 @@
 """CPU training throughput of the MoE (fused AdamW, fp32, router aux loss on), ratios from one run.
 
 Variants, interleaved round by round so machine noise hits them alike (best round reported, and
-ours vs dense round by round: median and range): our model (eager and torch.compile),
+ours vs dense round by round: median and range): our model (eager with its fused elementwise
+kernels, as `compile: kernels` trains, and torch.compile),
 transformers' class of the same architecture on the same weights with each experts
 implementation (`grouped_mm`, `eager`, and `grouped_mm` compiled; `batched_mm` gathers expert
 weights per token and ran out of memory here), and a dense Llama with the same active parameters
@@ -31,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from stages.model import MoEConfig, MoEForCausalLM, load_hf, save_hf  # noqa: E402
+from stages.model.moe import fused_kernels  # noqa: E402
 
 ARCHS = {
     "qwen2_moe": dict(shared_expert_size=512, layer_pattern="SSSF", sliding_window=128),
@@ -57,8 +59,14 @@ def build(name: str, cfg: MoEConfig, ckpt: Path):
         model = MoEForCausalLM(cfg)
         model.load_state_dict(torch.load(ckpt / "ours.pt"))
         flops = 6 * model.num_params(active=True, embeddings=False)
-        run = torch.compile(model) if compiled else model
-        return model, lambda x: run(x[:, :-1], x[:, 1:]).loss, flops
+        if compiled:
+            run = torch.compile(model)
+            return model, lambda x: run(x[:, :-1], x[:, 1:]).loss, flops
+
+        def loss(x):  # eager with the fused elementwise kernels: training's `compile: kernels`
+            with fused_kernels():
+                return model(x[:, :-1], x[:, 1:]).loss
+        return model, loss, flops
     if name.startswith("hf_"):
         impl = name.removeprefix("hf_").removesuffix("_compiled")
         model = load_hf(ckpt, experts_implementation=impl)

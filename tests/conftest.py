@@ -127,15 +127,6 @@ def temp_instance(path: Path):
     return DagsterInstance.local_temp(str(path), overrides={"telemetry": {"enabled": False}})
 
 
-@pytest.fixture
-def eager_stages(monkeypatch):
-    """Stage processes started by the test (DVC, Dagster, the webserver) run without
-    torch.compile: the whole-lineage tests check what runs and what is stale, and a training
-    stage spends half its tiny-profile time compiling kernels. The compiled kernels are tested
-    in test_model.py and in every training stage's own tests, which run compiled."""
-    monkeypatch.setenv("TORCHDYNAMO_DISABLE", "1")
-
-
 def new_project(dest: Path) -> Path:
     """A fresh project copy with git and DVC initialised and the tiny profile in params.yaml."""
     root = copy_project(dest)
@@ -155,10 +146,10 @@ def project(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def reproduced_project(tmp_path_factory) -> Path:
-    """A new project after one `dvc repro` of the whole lineage (eager, as `eager_stages`), once
+    """A new project after one `dvc repro` of the whole lineage, once
     per test session. Shared: use `reproduced`, a private copy."""
     root = new_project(tmp_path_factory.mktemp("reproduced") / "project")
-    sh("dvc", "repro", cwd=root, env={"TORCHDYNAMO_DISABLE": "1"})
+    sh("dvc", "repro", cwd=root)
     return root
 
 

@@ -18,7 +18,7 @@ from orchestration.definitions import build_definitions
 from stages.registry import STAGES
 from tests.conftest import set_params, sh, temp_instance
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("eager_stages")]
+pytestmark = pytest.mark.slow
 
 
 def _run_checks(root: Path, instance) -> dict[tuple[str, str], tuple[bool, dict]]:

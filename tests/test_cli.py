@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import set_params, sh
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("eager_stages")]
+pytestmark = pytest.mark.slow
 
 
 def test_invalid_params_fail_before_any_work(project: Path):

@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import sh
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("eager_stages")]
+pytestmark = pytest.mark.slow
 
 
 def _digest(root: Path) -> dict[str, str]:

@@ -17,7 +17,7 @@ from stages.registry import stage
 from tests.conftest import set_params, sh
 from tests.pipeline_helpers import dvc_changed
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("eager_stages")]
+pytestmark = pytest.mark.slow
 
 
 def _kill_when_writing(cmd: list[str], root: Path, out: Path) -> None:

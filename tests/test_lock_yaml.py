@@ -65,7 +65,6 @@ def test_with_entries_writes_dvcs_bytes():
             {"schema": "2.0", "stages": entries})
 
 
-@pytest.mark.usefixtures("eager_stages")
 def test_commit_writes_what_dvc_commit_writes(reproduced: Path, tmp_path: Path):
     """The in-process commit of a stage never recorded and of a stale one leaves dvc.lock
     byte-identical to `dvc commit --force`'s, and `dvc status` clean."""

@@ -10,7 +10,7 @@ from safetensors import safe_open
 
 from stages.model import MoEConfig, MoEForCausalLM, load_hf, load_training_model, save_hf
 from stages.model import loss as loss_module
-from stages.model.moe import sliding_mask, swiglu
+from stages.model.moe import fused_kernels, kernels, rms_norm, sliding_mask
 
 TINY = dict(vocab_size=128, d_model=32, n_layers=4, n_heads=4, n_kv_heads=2, n_experts=4, top_k=2,
             expert_size=48, sliding_window=6)
@@ -177,9 +177,12 @@ def test_fused_cross_entropy_under_bf16_autocast_matches_the_autocast_loss(monke
     torch.testing.assert_close(grads, (h.grad, w.grad), rtol=2e-2, atol=2e-3)
 
 
-def test_fused_swiglu_computes_scaled_silu_gate_times_up_and_its_gradients():
-    """The compiled kernel, fused projection (gate_up) or separate (gate, up): values and the
-    gradients of all inputs (the routing weight included) against finite differences."""
+@pytest.mark.parametrize("fused", [False, True], ids=["eager", "compiled"])
+def test_swiglu_computes_scaled_silu_gate_times_up_and_its_gradients(fused):
+    """Eager and as the compiled kernel, fused projection (gate_up) or separate (gate, up): values
+    and the gradients of all inputs (the routing weight included) against finite differences."""
+    with fused_kernels(fused):
+        swiglu = kernels.swiglu
     torch.manual_seed(0)
     gate_up = torch.randn(10, 8, dtype=torch.float64, requires_grad=True)
     scale = torch.rand(10, dtype=torch.float64, requires_grad=True)
@@ -190,3 +193,23 @@ def test_fused_swiglu_computes_scaled_silu_gate_times_up_and_its_gradients():
     gate, up = gate.clone().requires_grad_(), up.clone().requires_grad_()
     torch.testing.assert_close(swiglu(scale, gate, up), expected)
     torch.autograd.gradcheck(swiglu, (scale, gate, up))
+
+
+def test_fused_kernels_compute_what_the_eager_model_computes():
+    """`compile: kernels`: RMSNorm, RoPE and SwiGLU compiled, the same loss and gradients (up to
+    rounding) as eager; the eager kernels are back after the block."""
+    torch.manual_seed(0)
+    model, x = MoEForCausalLM(QWEN), ids(2)
+
+    def loss_and_grads():
+        model.zero_grad()
+        loss = model(x[:, :-1], x[:, 1:]).loss
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+    eager = loss_and_grads()
+    with fused_kernels():
+        assert kernels.rms_norm is not rms_norm
+        fused = loss_and_grads()
+    assert kernels.rms_norm is rms_norm
+    torch.testing.assert_close(fused, eager, atol=1e-5, rtol=1e-4)

@@ -24,7 +24,7 @@ from tests.pipeline_helpers import (
     dvc_repro,
 )
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("eager_stages")]
+pytestmark = pytest.mark.slow
 
 ALL = {s.name for s in STAGES}
 # A filter threshold is also synth's (its QC applies filter's rules to generated text).

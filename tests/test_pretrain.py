@@ -95,7 +95,7 @@ def test_checkpoint_converts_to_gguf_and_llama_cpp_computes_the_same(trained, tm
 
 def test_resume_after_two_sigkills_is_bit_identical(project: Path, tmp_path: Path):
     long_run = {"train_tokens": 80 * 512, "eval": {"every_steps": 40},
-                "checkpoint": {"every_steps": 10}}
+                "checkpoint": {"every_steps": 10}, "compile": "kernels"}  # compiled kernels too
     set_params(project, pretrain=long_run)
     reference = tmp_path / "reference"
     shutil.copytree(project, reference, symlinks=True)
@@ -111,7 +111,6 @@ def test_resume_after_two_sigkills_is_bit_identical(project: Path, tmp_path: Pat
         assert (project / OUT / name).read_bytes() == (reference / OUT / name).read_bytes(), name
 
 
-@pytest.mark.usefixtures("eager_stages")  # about checkpoints/processes, not kernels
 def test_incomplete_and_foreign_checkpoints_are_never_loaded(project: Path):
     stage_process.run_ok(project, "pretrain")
     ckpts = project / CHECKPOINTS
@@ -128,7 +127,6 @@ def test_incomplete_and_foreign_checkpoints_are_never_loaded(project: Path):
     assert stage_process.run_ok(project, "pretrain")["resumed_from_step"] == 0
 
 
-@pytest.mark.usefixtures("eager_stages")  # about checkpoints/processes, not kernels
 def test_two_gloo_processes_match_one_at_the_same_global_batch(project: Path, tmp_path: Path):
     two = tmp_path / "two"
     shutil.copytree(project, two, symlinks=True)
@@ -148,7 +146,6 @@ def test_two_gloo_processes_match_one_at_the_same_global_batch(project: Path, tm
         torch.testing.assert_close(w2[name], tensor, rtol=1e-3, atol=1e-4)
 
 
-@pytest.mark.usefixtures("eager_stages")  # about checkpoints/processes, not kernels
 def test_fsdp_config_on_cpus_stops_instead_of_training_unsharded(project: Path):
     """accelerate runs FSDP only on GPUs; on CPUs it would quietly fall back to DDP."""
     set_params(project, runtime={"train_processes": 2,
@@ -159,7 +156,6 @@ def test_fsdp_config_on_cpus_stops_instead_of_training_unsharded(project: Path):
     assert not (project / OUT).exists()
 
 
-@pytest.mark.usefixtures("eager_stages")  # about checkpoints/processes, not kernels
 def test_diverged_training_stops_with_a_clear_error(project: Path):
     set_params(project, pretrain={"optimizer": {"lr": 1.0e6, "grad_clip": 1.0e9},
                                   "schedule": {"warmup_steps": 0}})

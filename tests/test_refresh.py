@@ -12,7 +12,7 @@ from stages.registry import STAGES
 from tests.conftest import set_params, temp_instance
 from tests.pipeline_helpers import dagster_materialize
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("eager_stages")]
+pytestmark = pytest.mark.slow
 
 DOC = """Gradient descent takes repeated steps in the direction of the negative gradient of a
 function. The size of each step is the learning rate: too large and the iterates diverge, too

@@ -18,7 +18,7 @@ from orchestration.sync import sync_to_instance
 from tests.conftest import set_params, sh, temp_instance
 from tests.pipeline_helpers import dagster_unsynced, dvc_changed
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("eager_stages")]
+pytestmark = pytest.mark.slow
 
 
 def _git_commit(root: Path, message: str) -> None:

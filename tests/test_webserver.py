@@ -11,7 +11,7 @@ from orchestration import ledger
 from orchestration.webserver import webserver
 from stages.registry import stage
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("eager_stages")]
+pytestmark = pytest.mark.slow
 
 
 def test_materialize_button_and_staleness(project: Path, tmp_path: Path):

@@ -60,8 +60,8 @@ def kv_table(path: Path, evals: dict[str, EvalSet], params: Params, threads: int
     table = {}
     for i, kv in enumerate(params.kv_cache_types):
         ggml_type = getattr(L, f"GGML_TYPE_{kv.upper()}")
-        cache = {"flash_attn": True, "n_threads": threads, "type_k": ggml_type,
-                 "type_v": ggml_type}
+        cache = {"flash_attn": True, "n_threads": threads, "n_threads_batch": threads,
+                 "type_k": ggml_type, "type_v": ggml_type}
         with llama_cpp.captured_log() as log:
             llama_cpp.load(path, n_ctx=params.kv_context, n_batch=16, **cache).close()
         llm = llama_cpp.load(path, n_ctx=window, n_batch=window, logits_all=True, **cache)
@@ -84,7 +84,7 @@ def speed(path: Path, heldout: list[int], params: Speed, context: int, threads: 
     n_prompt = max(1, min(params.prompt_tokens, context - params.generate_tokens))
     prompt = heldout[:n_prompt]
     llm = llama_cpp.load(path, n_ctx=n_prompt + params.generate_tokens + 8, n_batch=n_prompt,
-                         n_threads=threads)
+                         n_threads=threads, n_threads_batch=threads)
     best_prompt, best_gen = float("inf"), float("inf")
     try:
         for _ in range(params.repeats + 1):  # the first is the warm-up

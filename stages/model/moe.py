@@ -8,18 +8,23 @@ Numerics follow those classes (RMSNorm in fp32, half-split RoPE, softmax -> top-
 Mixtral's renormalisation, load-balancing loss pooled over layers as transformers computes it).
 For speed, token slots are sorted by expert and each expert projection is one grouped matmul
 (an opaque custom op, so torch.compile also takes it in fp32); no per-token loops or gathers of
-expert weights. The elementwise work is fused by torch.compile even in eager mode (eager runs
-each op as its own pass over memory, the main cost besides matmuls on CPU): RMSNorm, RoPE and
-SwiGLU with its routing weight (applied before the down projection, the same by linearity), each
-with its backward. Expert outputs are scattered onto the shared expert's output, sliding-window
-layers run each KV group's queries as one sequence (masked flash kernel, no K/V copies), and the
-training loss is fused with the output projection (`loss.py`).
+expert weights. The elementwise work, RMSNorm, RoPE and SwiGLU with its routing weight (applied
+before the down projection, the same by linearity), can run as torch.compile'd fused kernels
+while the model stays eager (`fused_kernels`; eager runs each op as its own pass over memory, the
+main cost besides matmuls on CPU), each with its backward. Expert outputs are scattered onto
+the shared expert's output, sliding-window layers run each KV group's queries as one sequence
+(masked flash kernel, no K/V copies), and the training loss is fused with the output projection
+(`loss.py`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
+from collections.abc import Iterator
 from itertools import pairwise
+from types import SimpleNamespace
 from typing import NamedTuple
 
 import torch
@@ -49,10 +54,9 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rms_norm(x, self.weight, self.eps)
+        return kernels.rms_norm(x, self.weight, self.eps)
 
 
-@torch.compile(dynamic=True)  # one kernel for all shapes: no recompiles mid-run
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     h = x.float()
     h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
@@ -72,7 +76,6 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     return (x * cos + torch.cat((-x2, x1), dim=-1) * sin).to(x.dtype)
 
 
-@torch.compile(dynamic=True)
 def apply_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
     return rotate(q, cos, sin), rotate(k, cos, sin)
 
@@ -93,7 +96,7 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(b, t, self.n_heads, self.hd).transpose(1, 2)
         k = self.k_proj(x).view(b, t, self.n_kv, self.hd).transpose(1, 2)
         v = self.v_proj(x).view(b, t, self.n_kv, self.hd).transpose(1, 2)
-        q, k = apply_rope(q, k, cos, sin)
+        q, k = kernels.apply_rope(q, k, cos, sin)
         mask = masks.get(self.window)
         if mask is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
@@ -114,7 +117,7 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(hidden, d, bias=False)
 
     def forward(self, x: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
-        return self.down_proj(swiglu(scale, self.gate_proj(x), self.up_proj(x)))
+        return self.down_proj(kernels.swiglu(scale, self.gate_proj(x), self.up_proj(x)))
 
 
 class DenseMLP(MLP):
@@ -165,7 +168,6 @@ def loop_linear(x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor) -> torch.T
     return torch.cat([x[s:e] @ w[i].T for i, (s, e) in enumerate(bounds)])
 
 
-@torch.compile(dynamic=True)
 def swiglu(scale: torch.Tensor | None, *parts: torch.Tensor) -> torch.Tensor:
     """scale[:, None] * silu(gate) * up (no scale: None), with `parts` (gate_up,) or (gate, up)."""
     gate, up = parts[0].chunk(2, dim=-1) if len(parts) == 1 else parts
@@ -175,6 +177,32 @@ def swiglu(scale: torch.Tensor | None, *parts: torch.Tensor) -> torch.Tensor:
         y = y * scale.to(acc).unsqueeze(-1)
     return y.to(gate.dtype)
 
+
+
+ELEMENTWISE = {"rms_norm": rms_norm, "apply_rope": apply_rope, "swiglu": swiglu}
+kernels = SimpleNamespace(**ELEMENTWISE)  # what the model calls: eager, or `fused_kernels`
+
+
+@functools.cache
+def _fused(name: str):
+    return torch.compile(ELEMENTWISE[name], dynamic=True)  # one kernel for all shapes
+
+
+@contextlib.contextmanager
+def fused_kernels(enabled: bool = True) -> Iterator[None]:
+    """Within: the model's elementwise functions run as torch.compile'd kernels (compiled on
+    first use, for dynamic shapes: evaluation's batches reuse the training kernels), the rest of
+    the model eager. Process-wide; the previous kernels are back on exit. Compiling costs a few
+    seconds per process with inductor's on-disk cache warm, ~20 s the first time on a machine:
+    it pays back over runs of more than a few dozen CPU steps (the training params' `compile:
+    kernels`)."""
+    before = vars(kernels).copy()
+    vars(kernels).update({name: _fused(name) if enabled else fn
+                          for name, fn in ELEMENTWISE.items()})
+    try:
+        yield
+    finally:
+        vars(kernels).update(before)
 
 class Experts(nn.Module):
     """SwiGLU experts as 3D tensors in the transformers layout: gate_up (E, 2I, d), down (E, d, I).
@@ -229,7 +257,7 @@ class Experts(nn.Module):
         else:
             offs = ends
         gate_up = self.matmul(h, "gate_up_proj", offs)
-        h = self.matmul(swiglu(scale, gate_up), "down_proj", offs)
+        h = self.matmul(kernels.swiglu(scale, gate_up), "down_proj", offs)
         if self.align > 1:
             h = h.index_select(0, dest)
         return out.index_add(0, token, h.to(out.dtype))

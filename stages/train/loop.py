@@ -130,6 +130,15 @@ def progress_bar(spec: dict, acc: Accelerator, total: int, start: int, desc: str
 
 
 def run_training(spec: dict) -> None:
+    from stages.model.moe import fused_kernels
+
+    module = importlib.import_module(spec["task"])
+    p = module.Params.model_validate(spec["params"])
+    with fused_kernels(p.compile == "kernels"):
+        _train(spec, module, p)
+
+
+def _train(spec: dict, module, p) -> None:
     acc = Accelerator(cpu=not torch.cuda.is_available())
     if (os.environ.get("ACCELERATE_USE_FSDP") == "true"
             and acc.distributed_type != DistributedType.FSDP):
@@ -141,8 +150,6 @@ def run_training(spec: dict) -> None:
     if acc.device.type == "cpu":
         torch.set_num_threads(max(1, spec["threads"] // world))
     stage = spec["stage"]
-    module = importlib.import_module(spec["task"])
-    p = module.Params.model_validate(spec["params"])
     g, m = p.batch.global_seqs, p.batch.micro_seqs
     if g % (m * world):
         raise ValueError(f"{stage}.batch.global_seqs ({g}) must be a multiple of micro_seqs ({m})"
@@ -160,7 +167,7 @@ def run_training(spec: dict) -> None:
     s = p.schedule
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(
         s.kind, total_steps, s.warmup_steps, s.min_lr_ratio, s.decay_fraction))
-    run_model = torch.compile(model) if p.compile else model
+    run_model = torch.compile(model) if p.compile == "model" else model
     run_model, optimizer = acc.prepare(run_model, optimizer)
     acc.register_for_checkpointing(scheduler)
 
