@@ -2,10 +2,11 @@
 
 What the CPU tests cannot reach: the fused cross-entropy with its GPU chunk size (several chunks at
 vocab 32k), sliding-window attention through CUDA's masked SDPA kernels with grouped queries, the
-torch.compile'd RMSNorm / RoPE / SwiGLU kernels as Triton code, and a short BF16-autocast training
-run, eager and whole-model compiled (one graph). Each check compares against plain PyTorch math
-in fp32 and prints `PASS|FAIL name: detail`; the exit status is the number of failures. Needs only
-torch and this repository (the bare device machine has no transformers/accelerate):
+torch.compile'd RMSNorm / RoPE / SwiGLU kernels (`compile: kernels`) as Triton code, and a short
+BF16-autocast training run, eager and whole-model compiled (one graph). Each check compares
+against plain PyTorch math in fp32 and prints `PASS|FAIL name: detail`; the exit status is the
+number of failures. Needs only torch and this repository (the bare device machine has no
+transformers/accelerate):
 
     PYTHONPATH=. python scripts/gpu_checks.py            # then bench/gpu_precision.py
     PYTHONPATH=. python scripts/gpu_checks.py --device cpu   # the same checks, small, on CPU
@@ -30,10 +31,10 @@ from stages.model.moe import (  # noqa: E402
     Attention,
     MoEForCausalLM,
     apply_rope,
-    rms_norm,
+    fused_kernels,
+    kernels,
     rope_cache,
     sliding_mask,
-    swiglu,
 )
 
 
@@ -127,13 +128,15 @@ def check_compiled_kernels(dev: torch.device, small: bool) -> str:
             return z * cos + torch.cat((-z2, z1), -1) * sin
         return torch.cat([rot(q).flatten(), rot(k).flatten()])
 
+    with fused_kernels():  # what `compile: kernels` trains with
+        rms_norm, swiglu, rope = kernels.rms_norm, kernels.swiglu, kernels.apply_rope
     done = []
     for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):
         cast = [z.to(dtype) for z in (x, w, scale, gate_up, q, k)]
         x_, w_, s_, gu_, q_, k_ = cast
         compare(grads(lambda x, w: rms_norm(x, w, 1e-6), x_, w_), grads(rms_ref, x, w), tol)
         compare(grads(swiglu, s_, gu_), grads(swiglu_ref, scale, gate_up), tol)
-        compare(grads(lambda q, k: torch.cat([r.flatten() for r in apply_rope(q, k, cos, sin)]),
+        compare(grads(lambda q, k: torch.cat([r.flatten() for r in rope(q, k, cos, sin)]),
                       q_, k_), grads(rope_ref, q, k), tol)
         done.append(str(dtype).removeprefix("torch."))
     return "RMSNorm, SwiGLU, RoPE: values and gradients match in " + ", ".join(done)
