@@ -48,7 +48,7 @@ screenshot: setup dagster-home
 report:
 	@test -f reports/evaluate/report.md || { echo "no report: run make pipeline first"; exit 1; }
 	mkdir -p docs/results
-	cp reports/evaluate/report.md reports/evaluate/*.png docs/results/
+	cp reports/evaluate/report.md reports/evaluate/*.png reports/distill/kd_vs_baseline.png docs/results/
 
 lint: setup
 	ruff check stages orchestration assets tests bench
