@@ -146,8 +146,8 @@ def project(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def reproduced_project(tmp_path_factory) -> Path:
-    """A new project after one `dvc repro` of the whole lineage, once
-    per test session. Shared: use `reproduced`, a private copy."""
+    """A new project after one `dvc repro` of the whole lineage, once per test session. Shared:
+    use `reproduced`, a private copy."""
     root = new_project(tmp_path_factory.mktemp("reproduced") / "project")
     sh("dvc", "repro", cwd=root)
     return root

@@ -178,7 +178,6 @@ def swiglu(scale: torch.Tensor | None, *parts: torch.Tensor) -> torch.Tensor:
     return y.to(gate.dtype)
 
 
-
 ELEMENTWISE = {"rms_norm": rms_norm, "apply_rope": apply_rope, "swiglu": swiglu}
 kernels = SimpleNamespace(**ELEMENTWISE)  # what the model calls: eager, or `fused_kernels`
 
@@ -203,6 +202,7 @@ def fused_kernels(enabled: bool = True) -> Iterator[None]:
         yield
     finally:
         vars(kernels).update(before)
+
 
 class Experts(nn.Module):
     """SwiGLU experts as 3D tensors in the transformers layout: gate_up (E, 2I, d), down (E, d, I).
