@@ -10,8 +10,7 @@ training loop itself. A stage that trains more than one model (distill: the stud
 no-KD baseline) reports the summed tokens and the step rate over both.
 
     python bench/training_overhead.py --stage refine --workdir /tmp/overhead-bench
-    python bench/training_overhead.py --stage pretrain --workdir /tmp/b \
-        --set pretrain.compile=kernels
+    python bench/training_overhead.py --stage adapt --workdir /tmp/b --set adapt.compile=kernels
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ import torch
 from accelerate import Accelerator, DistributedType
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from stages.model.moe import fused_kernels
 from stages.train import checkpoint
 from stages.train.batches import IGNORE
 from stages.train.schedule import lr_multiplier
@@ -130,8 +131,6 @@ def progress_bar(spec: dict, acc: Accelerator, total: int, start: int, desc: str
 
 
 def run_training(spec: dict) -> None:
-    from stages.model.moe import fused_kernels
-
     module = importlib.import_module(spec["task"])
     p = module.Params.model_validate(spec["params"])
     with fused_kernels(p.compile == "kernels"):
